@@ -1,0 +1,23 @@
+"""maskutils: small, tested helpers for the book "Masking weights in PyTorch".
+
+The masking core (masks, apply, hooks, learnable, swa, train) imports only torch;
+``maskutils.plot`` and ``maskutils.widgets`` need matplotlib and ipywidgets and are
+imported lazily, so ``import maskutils`` stays fast and works without a display.
+"""
+from .apply import apply_mask, get_mask, mask_layers, masked_parameters, remove_mask
+from .data import digits_loaders
+from .device import banner, get_device, seed_everything
+from .masks import magnitude_mask, nm_mask, random_mask, sparsity
+from .models import DigitsMLP, digits_mlp
+from .train import evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "apply_mask", "get_mask", "mask_layers", "masked_parameters", "remove_mask",
+    "digits_loaders",
+    "banner", "get_device", "seed_everything",
+    "magnitude_mask", "nm_mask", "random_mask", "sparsity",
+    "DigitsMLP", "digits_mlp",
+    "evaluate", "fit",
+]
