@@ -14,11 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.ticker import MaxNLocator
 
 MASK_CMAP = ListedColormap(plt.get_cmap("cividis")([0.0, 1.0]), name="mask")
 SIGNED_CMAP = "RdBu_r"  # ColorBrewer RdBu: diverging and colour-blind safe
 _KINDS = {
-    "mask": "mask (1 = kept, 0 = removed)",
+    "mask": "",  # the ticks say kept / removed
     "weight": "weight value",
     "gradient": "gradient (loss per unit of weight)",
 }
@@ -45,38 +46,54 @@ def _draw(ax, data: np.ndarray, kind: str, title: str | None, vmax: float | None
                        interpolation="nearest", aspect="auto")
     ax.set_xlabel("input unit (column)")
     ax.set_ylabel("output unit (row)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         ax.set_title(title)
     return im
 
 
-def heatmaps(tensors: dict, kind: str = "mask", suptitle: str | None = None,
-             shared_scale: bool = True, ncols: int | None = None, size: float = 3.2):
-    """Side-by-side heatmaps of 2-D tensors: ``{panel title: tensor}``.
-
-    ``kind`` is ``"mask"``, ``"weight"`` or ``"gradient"`` (sets the colour map and bar label).
-    With ``shared_scale`` signed panels share one colour scale, so they compare directly.
-    """
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
-    if not isinstance(tensors, dict) or not tensors:
-        raise ValueError("tensors must be a non-empty dict {panel title: 2-D tensor}")
-    arrays = {k: _as_2d(v) for k, v in tensors.items()}
-    vmax = None
-    if kind != "mask" and shared_scale:
-        vmax = max(float(np.abs(a).max()) for a in arrays.values()) or 1.0
-    ncols = ncols or len(arrays)
-    nrows = -(-len(arrays) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 0.8, size * nrows),
-                             squeeze=False, constrained_layout=True)
-    im = None
-    for ax, (title, data) in zip(axes.flat, arrays.items()):
-        im = _draw(ax, data, kind, title, vmax)
-    for ax in list(axes.flat)[len(arrays):]:
-        ax.axis("off")
+def _colorbar(fig, im, axes, kind: str):
     bar = fig.colorbar(im, ax=axes, shrink=0.8, label=_KINDS[kind])
     if kind == "mask":
         bar.set_ticks([0, 1], labels=["removed", "kept"])
+    return bar
+
+
+def heatmaps(tensors: dict, kind="mask", suptitle: str | None = None,
+             shared_scale: bool = True, ncols: int | None = None, size: float = 3.2):
+    """Side-by-side heatmaps of 2-D tensors: ``{panel title: tensor}``.
+
+    ``kind`` is ``"mask"``, ``"weight"`` or ``"gradient"`` (sets the colour map and bar label),
+    or a dict ``{panel title: kind}`` to mix kinds (each panel then gets its own colour bar).
+    With ``shared_scale`` signed panels share one colour scale, so they compare directly.
+    """
+    if not isinstance(tensors, dict) or not tensors:
+        raise ValueError("tensors must be a non-empty dict {panel title: 2-D tensor}")
+    kinds = dict(kind) if isinstance(kind, dict) else {title: kind for title in tensors}
+    for title in tensors:
+        if kinds.get(title) not in _KINDS:
+            raise ValueError(f"kind of panel {title!r} must be one of {sorted(_KINDS)}, "
+                             f"got {kinds.get(title)!r}")
+    arrays = {k: _as_2d(v) for k, v in tensors.items()}
+    signed = [a for t, a in arrays.items() if kinds[t] != "mask"]
+    vmax = None
+    if signed and shared_scale:
+        vmax = max(float(np.abs(a).max()) for a in signed) or 1.0
+    ncols = ncols or len(arrays)
+    nrows = -(-len(arrays) // ncols)
+    mixed = len(set(kinds[t] for t in tensors)) > 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 0.8 + 0.6 * mixed * ncols,
+                                                    size * nrows),
+                             squeeze=False, constrained_layout=True)
+    for ax, (title, data) in zip(axes.flat, arrays.items()):
+        im = _draw(ax, data, kinds[title], title, vmax)
+        if mixed:
+            _colorbar(fig, im, ax, kinds[title])
+    for ax in list(axes.flat)[len(arrays):]:
+        ax.axis("off")
+    if not mixed:
+        _colorbar(fig, im, axes, kinds[next(iter(tensors))])
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -91,9 +108,7 @@ def heatmap(tensor, kind: str = "mask", title: str | None = None, ax=None, vmax:
     else:
         fig = ax.figure
     im = _draw(ax, _as_2d(tensor), kind, title, vmax)
-    bar = fig.colorbar(im, ax=ax, label=_KINDS[kind])
-    if kind == "mask":
-        bar.set_ticks([0, 1], labels=["removed", "kept"])
+    _colorbar(fig, im, ax, kind)
     return fig
 
 

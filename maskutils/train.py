@@ -60,6 +60,9 @@ def fit(
 ) -> dict[str, list]:
     """Train ``model`` with cross-entropy and return the history of each epoch.
 
+    A ``tqdm.auto`` progress bar over epochs shows when ``progress`` is true and the run
+    lasts more than a second.
+
     - ``optimizer``: defaults to ``Adam(model.parameters(), lr)``.
     - ``penalty(model)``: a scalar added to the loss (e.g. ``lambda m: lam * gate_penalty(m)``).
     - ``on_step(step, model)``: called after every optimizer step (step counts from 1).
@@ -80,7 +83,9 @@ def fit(
     if test_loader is not None:
         history["test_acc"] = []
     step = 0
-    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=False)
+    # The bar appears only when training takes longer than a second: a digits run of a few
+    # hundred milliseconds would otherwise leave a frozen bar in every rendered page.
+    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=False, delay=1.0)
     for epoch in bar:
         model.train()
         total, batches = 0.0, 0
