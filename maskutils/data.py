@@ -35,9 +35,11 @@ def _digits(seed: int):
 
 
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int, device):
+    # torch.tensor copies: editing a loader's tensors (label noise, say) must not
+    # change the cached split that later calls share.
     data = TensorDataset(
-        torch.as_tensor(x, dtype=torch.float32, device=device),
-        torch.as_tensor(y, dtype=torch.long, device=device),
+        torch.tensor(x, dtype=torch.float32, device=device),
+        torch.tensor(y, dtype=torch.long, device=device),
     )
     if shuffle:
         order = RandomSampler(data, generator=torch.Generator().manual_seed(seed))

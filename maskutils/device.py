@@ -59,10 +59,11 @@ def seed_everything(seed: int) -> int:
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    seed = int(seed)  # random.seed refuses NumPy integers
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-    return int(seed)
+    return seed
 
 
 def banner(device: torch.device | str | None = None) -> str:

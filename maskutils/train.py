@@ -102,8 +102,10 @@ def fit(
             batches += 1
             if on_step is not None:
                 on_step(step, model)
+        if batches == 0:
+            raise ValueError("train_loader yielded no batches; check the data set and batch size")
         history["epoch"].append(epoch)
-        history["train_loss"].append(total / max(batches, 1))
+        history["train_loss"].append(total / batches)
         if test_loader is not None:
             history["test_acc"].append(evaluate(model, test_loader))
             bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")

@@ -99,7 +99,7 @@ def nm_cases(draw):
 
 
 @FAST
-@given(nm_cases(), st.sampled_from([torch.float32, torch.float64]))
+@given(nm_cases(), st.sampled_from([torch.float32, torch.float64, torch.float16]))
 def test_nm_mask_keeps_exactly_n_largest_in_every_group_of_m(case, dtype):
     shape, n, m, seed = case
     w = _weight(shape, seed, dtype)

@@ -1,0 +1,105 @@
+"""Checks of the chapter notebooks as files (nbval executes them; see pyproject.toml)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def cells(path: Path, kind: str | None = None) -> list[dict]:
+    found = json.loads(path.read_text())["cells"]
+    return [c for c in found if kind is None or c["cell_type"] == kind]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def toc_files() -> list[str]:
+    files = [TOC["root"]]
+    for entry in TOC.get("chapters", []):
+        files.append(entry["file"])
+    return files
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "no notebooks found under book/"
+
+
+def test_toc_and_notebooks_agree():
+    listed = {f for f in toc_files() if f.startswith("book/0")}
+    on_disk = {f"book/{p.stem}" for p in NOTEBOOKS}
+    assert listed == on_disk
+    for f in toc_files():
+        assert (ROOT / f"{f}.ipynb").exists() or (ROOT / f"{f}.md").exists(), f
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    for i, cell in enumerate(cells(path, "code")):
+        assert cell.get("outputs") == [], f"{path.name} cell {i} has outputs: clear them"
+        assert cell.get("execution_count") is None, f"{path.name} cell {i} has a count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_installs_from_the_configured_repository(path):
+    setup = source(cells(path, "code")[0])
+    urls = re.findall(r'REPOSITORY = "([^"]+)"', setup)
+    assert urls == [CONFIG["repository"]["url"]], "setup cell and _config.yml disagree"
+    assert 'find_spec("maskutils") is None' in setup, "install only when missing"
+    assert "MASKUTILS_SOURCE" in setup, "the install source can be redirected"
+    pip_lines = [line for line in setup.splitlines() if '"install"' in line]
+    assert pip_lines and not any("torch" in line for line in pip_lines), "never reinstall torch"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_second_cell_seeds_and_names_the_device(path):
+    second = source(cells(path, "code")[1])
+    for call in ("seed_everything(", "get_device()", "banner(device)"):
+        assert call in second, f"{path.name}: the second cell lacks {call}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_claims_are_asserted(path):
+    code = "\n".join(source(c) for c in cells(path, "code"))
+    assert len(re.findall(r"^\s*assert ", code, flags=re.M)) >= 5
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_skips_are_explained(path):
+    for i, cell in enumerate(cells(path, "code")):
+        if "nbval-skip" in cell.get("metadata", {}).get("tags", []):
+            assert "# nbval-skip:" in source(cell), f"cell {i}: say why it is skipped"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_fits_the_page(path):
+    for i, cell in enumerate(cells(path, "code")):
+        for line in source(cell).splitlines():
+            assert len(line) <= 79, f"{path.name} cell {i}: wrap {line!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_figures_have_alt_text(path):
+    for i, cell in enumerate(cells(path, "code")):
+        if re.search(r"^fig = ", source(cell), flags=re.M):
+            alt = cell["metadata"].get("mystnb", {}).get("image", {}).get("alt", "")
+            assert len(alt) > 20, f"{path.name} cell {i}: describe the figure in alt text"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_ends_with_summary_exercises_and_references(path):
+    text = "\n".join(source(c) for c in cells(path, "markdown"))
+    for heading in ("## Summary", "## Exercises", "## References"):
+        assert heading in text, f"{path.name} lacks {heading}"
+    assert text.count("<details>") >= 2, "2-4 exercises, solutions hidden in <details>"
+    assert text.count("<details>") == text.count("</details>")
+    assert "{footbibliography}" in text

@@ -1,0 +1,202 @@
+"""Figures (maskutils.plot) and the slider with its static twin (maskutils.widgets)."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from maskutils.plot import curves, heatmap, heatmaps
+from maskutils.widgets import Slider
+
+MASK = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]])
+
+
+def _colours(image):
+    rgba = image.to_rgba(image.get_array())
+    return {tuple(px) for px in rgba.reshape(-1, 4).tolist()}
+
+
+# --- heatmaps -------------------------------------------------------------------------------
+
+def test_heatmaps_draws_one_axes_per_panel_plus_a_colorbar():
+    panels = {"random": MASK, "magnitude": 1 - MASK, "N:M": MASK.flip(0)}
+    fig = heatmaps(panels, kind="mask", suptitle="three masks")
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == len(panels) + 1
+    assert [ax.get_title() for ax in fig.axes[:3]] == list(panels)
+    assert all(len(ax.images) == 1 for ax in fig.axes[:3])
+    assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
+
+
+def test_mask_panels_use_exactly_two_colours():
+    fig = heatmaps({"a": MASK, "b": torch.ones(3, 4)}, kind="mask")
+    image = fig.axes[0].images[0]
+    assert image.cmap.N == 2
+    assert len(_colours(image)) == 2
+    assert len(_colours(fig.axes[1].images[0])) == 1
+    colorbar = fig.axes[-1]
+    assert [t.get_text() for t in colorbar.get_yticklabels()] == ["removed", "kept"]
+
+
+def test_signed_panels_share_one_symmetric_scale():
+    small, large = torch.randn(3, 4) * 0.1, torch.randn(3, 4) * 5.0
+    top = float(max(small.abs().max(), large.abs().max()))
+    fig = heatmaps({"small": small, "large": large}, kind="weight")
+    for ax in fig.axes[:2]:
+        low, high = ax.images[0].get_clim()
+        assert high == pytest.approx(top) and low == pytest.approx(-top)
+    own = heatmaps({"small": small, "large": large}, kind="gradient", shared_scale=False)
+    assert own.axes[0].images[0].get_clim()[1] == pytest.approx(float(small.abs().max()))
+
+
+def test_conv_kernels_become_one_row_per_output_channel():
+    fig = heatmaps({"conv": torch.ones(6, 3, 2, 2)})
+    assert fig.axes[0].images[0].get_array().shape == (6, 12)
+
+
+def test_heatmaps_in_a_grid_turns_unused_cells_off():
+    fig = heatmaps({str(i): MASK for i in range(3)}, ncols=2)
+    panels = fig.axes[:4]
+    assert [ax.axison for ax in panels] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("draw", [lambda k: heatmaps({"a": MASK}, kind=k), lambda k: heatmap(MASK, kind=k)],
+                         ids=["heatmaps", "heatmap"])
+def test_unknown_kind_is_a_value_error(draw):
+    with pytest.raises(ValueError, match=r"must be one of \['gradient', 'mask', 'weight'\], got 'masks'"):
+        draw("masks")
+    assert plt.get_fignums() == []  # nothing half-drawn left behind
+
+
+def test_mixed_kinds_give_each_panel_its_own_colorbar():
+    fig = heatmaps({"mask": MASK, "weight": torch.randn(3, 4)}, kind={"mask": "mask", "weight": "weight"})
+    assert len(fig.axes) == 4
+    assert len(_colours(fig.axes[0].images[0])) == 2
+    assert fig.axes[1].images[0].cmap.name == "RdBu_r"
+
+
+@pytest.mark.parametrize("kinds", [{"a": "mask", "b": "wieght"}, {"a": "mask"}])
+def test_mixed_kinds_name_the_panel_with_a_bad_or_missing_kind(kinds):
+    with pytest.raises(ValueError, match=r"kind of panel 'b' must be one of"):
+        heatmaps({"a": MASK, "b": MASK}, kind=kinds)
+
+
+@pytest.mark.parametrize("tensors", [{}, [MASK]])
+def test_heatmaps_needs_a_non_empty_dict(tensors):
+    with pytest.raises(ValueError, match="non-empty dict"):
+        heatmaps(tensors)
+
+
+def test_heatmap_draws_on_a_given_axes():
+    fig, ax = plt.subplots()
+    assert heatmap(MASK, kind="mask", title="one", ax=ax) is fig
+    assert ax.get_title() == "one" and len(ax.images) == 1
+
+
+def test_curves_plots_one_line_per_label_and_checks_lengths():
+    fig = curves([0.0, 0.5, 0.9], {"random": [0.9, 0.8, 0.5], "magnitude": [0.9, 0.9, 0.8]},
+                 xlabel="sparsity", ylabel="accuracy", spread={"random": ([0.8] * 3, [0.95] * 3)})
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["random", "magnitude"]
+    assert len(ax.collections) == 1  # the shaded band
+    with pytest.raises(ValueError, match="'bad' has 2 values but x has 3"):
+        curves([1, 2, 3], {"bad": [1, 2]}, xlabel="x", ylabel="y")
+
+
+# --- Slider ---------------------------------------------------------------------------------
+
+class Render:
+    """A render function that counts its calls and draws something different per value."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, value):
+        self.calls.append(value)
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot(range(int(value * 10) + 2))
+        ax.set_title(f"v={value}")
+        return fig
+
+
+def test_static_html_embeds_one_png_frame_per_value():
+    values = [0.1, 0.5, 0.9]
+    render = Render()
+    page = Slider(render, values, label="sparsity", value=0.5, fmt=lambda v: f"{v:.0%}").static_html()
+    frames = json.loads(re.search(r"var frames = (\[.*?\]), labels", page).group(1))
+    assert len(frames) == len(values) == len(set(frames))
+    for frame in frames:
+        assert frame.startswith("data:image/png;base64,")
+        assert base64.b64decode(frame.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(re.findall(r"data:image/png;base64,[A-Za-z0-9+/=]+", page)) == set(frames)
+    assert render.calls == values
+
+
+def test_static_html_has_a_range_input_and_the_initial_label():
+    page = Slider(Render(), [0.1, 0.5, 0.9], label="sparsity", value=0.5,
+                  fmt=lambda v: f"{v:.0%}").static_html()
+    assert re.search(r'<input type="range" min="0" max="2" step="1" value="1"', page)
+    assert "<output>50%</output>" in page
+    assert "<span>sparsity</span>" in page
+    assert 'alt="figure for sparsity = 50%"' in page
+    assert "<script>" in page and "https://" not in page  # no CDN: works offline
+
+
+def test_static_html_renders_once_and_closes_its_figures():
+    render = Render()
+    slider = Slider(render, [1, 2])
+    assert slider.static_html() == slider.static_html()
+    assert render.calls == [1, 2]
+    assert plt.get_fignums() == []
+
+
+def test_mimebundle_carries_the_static_twin_and_the_live_widget(capsys):
+    bundle = Slider(Render(), [1, 2, 3], label="k")._repr_mimebundle_()
+    assert "maskutils-slider" in bundle["text/html"]
+    assert "model_id" in bundle["application/vnd.jupyter.widget-view+json"]
+    assert bundle["text/plain"] == "Slider over k: 3 settings"
+
+
+def test_widget_redraws_when_the_slider_moves(capsys):
+    render = Render()
+    box = Slider(render, [1, 2, 3], value=2).widget()
+    slider = box.children[0]
+    assert render.calls == [2]
+    slider.value = 2  # index of the value 3
+    assert render.calls == [2, 3]
+    slider.value = 0
+    assert render.calls == [2, 3, 1]
+    assert [label for label, _ in slider.options] == ["1", "2", "3"]
+
+
+def test_slider_needs_at_least_one_value():
+    with pytest.raises(ValueError, match="at least one setting"):
+        Slider(Render(), [])
+
+
+def test_slider_initial_value_must_be_one_of_the_values():
+    with pytest.raises(ValueError, match=r"value 4 is not one of the slider's values \[1, 2, 3\]"):
+        Slider(Render(), [1, 2, 3], value=4)
+
+
+def test_slider_render_must_be_callable():
+    with pytest.raises(TypeError, match="render must be a function"):
+        Slider("not a function", [1, 2])
+
+
+def test_slider_render_must_return_a_figure():
+    slider = Slider(lambda v: plt.plot([v]), [1, 2])
+    with pytest.raises(TypeError, match=r"render\(1\) returned list, not a matplotlib Figure"):
+        slider.static_html()
+
+
+def test_figures_are_closed_between_tests():
+    assert plt.get_fignums() == []
+    plt.figure()
+    assert np.size(plt.get_fignums()) == 1
