@@ -9,7 +9,7 @@ from .data import digits_loaders
 from .device import banner, get_device, seed_everything
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import DigitsMLP, digits_mlp
-from .train import evaluate, fit
+from .train import evaluate, evaluate_loss, fit
 
 __version__ = "0.1.0"
 
@@ -19,5 +19,5 @@ __all__ = [
     "banner", "get_device", "seed_everything",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "DigitsMLP", "digits_mlp",
-    "evaluate", "fit",
+    "evaluate", "evaluate_loss", "fit",
 ]

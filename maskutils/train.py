@@ -46,6 +46,27 @@ def evaluate(model: nn.Module, loader) -> float:
     return correct / total
 
 
+def evaluate_loss(model: nn.Module, loader) -> float:
+    """Mean cross-entropy of ``model`` on ``loader``, in eval mode (the mode is restored)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                total += float(nn.functional.cross_entropy(model(x), y, reduction="sum"))
+                count += y.numel()
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the loader yielded no samples")
+    return total / count
+
+
 def fit(
     model: nn.Module,
     train_loader,
