@@ -114,6 +114,18 @@ def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
     return found[-1].mask if found else None
 
 
+def own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before a parametrization is removed.
+
+    ``parametrize`` injects a class (``ParametrizedLinear``) per module, and ``copy.deepcopy``
+    shares it between a module and its copies; ``remove_parametrizations`` deletes the property
+    from that class, which would break every copy. A sibling class with the same contents is safe.
+    """
+    cls = type(module)
+    contents = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, contents)
+
+
 def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True) -> nn.Module:
     """Remove the mask of ``module.<name>`` and leave a plain ``Parameter`` (the same object).
 
@@ -132,6 +144,7 @@ def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True) -> n
             f"{type(module).__name__}.{name} also has other parametrizations ({kinds}); "
             "remove those first (torch.nn.utils.parametrize.remove_parametrizations)"
         )
+    own_parametrized_class(module)  # copies made by deepcopy share the class
     parametrize.remove_parametrizations(module, name, leave_parametrized=bool(bake))
     return module
 

@@ -415,3 +415,16 @@ def test_torch_compile_of_a_masked_model_matches_eager_forward_and_backward():
         assert grad is not None
         assert (grad[get_mask(a) == 0] == 0).all()
         torch.testing.assert_close(grad, b.parametrizations.weight.original.grad)
+
+
+def test_remove_mask_on_a_deepcopy_leaves_the_other_copies_working():
+    layer = nn.Linear(4, 3)
+    apply_mask(layer, random_mask(layer.weight, 0.5))
+    twin = copy.deepcopy(layer)
+    remove_mask(twin)
+    assert get_mask(layer) is not None
+    assert torch.equal(layer.weight, layer.parametrizations.weight.original * get_mask(layer))
+    out = layer(torch.randn(2, 4))
+    assert out.shape == (2, 3)
+    remove_mask(layer, bake=False)
+    assert isinstance(layer.weight, nn.Parameter)
