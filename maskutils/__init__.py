@@ -7,6 +7,7 @@ imported lazily, so ``import maskutils`` stays fast and works without a display.
 from .apply import apply_mask, get_mask, mask_layers, masked_parameters, remove_mask
 from .data import digits_loaders
 from .device import banner, get_device, seed_everything
+from .hooks import GradientRecorder, MaskHandle, mask_gradients, project_after_step
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import DigitsMLP, digits_mlp
 from .train import evaluate, evaluate_loss, fit
@@ -17,6 +18,7 @@ __all__ = [
     "apply_mask", "get_mask", "mask_layers", "masked_parameters", "remove_mask",
     "digits_loaders",
     "banner", "get_device", "seed_everything",
+    "GradientRecorder", "MaskHandle", "mask_gradients", "project_after_step",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "DigitsMLP", "digits_mlp",
     "evaluate", "evaluate_loss", "fit",

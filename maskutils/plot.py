@@ -142,3 +142,197 @@ def curves(x, ys: dict, xlabel: str, ylabel: str, title: str | None = None,
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
+
+
+def layer_curves(x, runs: dict, xlabel: str, ylabel: str, title: str | None = None,
+                 logy: bool = False, size: float = 3.4):
+    """Small multiples, one panel per layer: ``runs`` = ``{run label: {layer: y values}}``.
+
+    Every run draws one line in each panel, in the same colour throughout, so runs compare
+    layer by layer (for example per-layer gradient norms of a masked and a dense model).
+    ``logy`` puts the y axis on a log scale. Returns the figure.
+
+    >>> fig = layer_curves([1, 2, 3], {"dense": {"layer 0": [3, 2, 1]},
+    ...                                "masked": {"layer 0": [2, 1, 1]}}, "step", "norm")
+    """
+    if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict) and v for v in runs.values()):
+        raise ValueError("runs must be a non-empty dict {run label: {layer: values}}")
+    layers = list(dict.fromkeys(layer for per_layer in runs.values() for layer in per_layer))
+    xs = np.asarray(x, dtype=float)
+    fig, axes = plt.subplots(1, len(layers), figsize=(size * len(layers), size * 0.85),
+                             squeeze=False, constrained_layout=True, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, layer in zip(axes.flat, layers):
+        for i, (label, per_layer) in enumerate(runs.items()):
+            if layer not in per_layer:
+                continue
+            y = np.asarray(per_layer[layer], dtype=float)
+            if y.shape != xs.shape:
+                raise ValueError(f"{label!r}, {layer!r} has {y.size} values but x has {xs.size}")
+            ax.plot(xs, y, label=label, color=colours[i % len(colours)], linewidth=1.2)
+        ax.set_title(str(layer))
+        ax.set_xlabel(xlabel)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel(ylabel)
+    axes.flat[0].legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def speed_curves(x, seconds: dict, xlabel: str, title: str | None = None,
+                 mark: tuple | None = None, percent_x: bool = False, ax=None):
+    """Timings against ``x`` on a log scale: ``seconds`` = ``{label: seconds per call}``.
+
+    The y axis shows milliseconds. ``mark`` = ``(x value, label)`` draws a dashed vertical
+    line there (for example where a sparse kernel starts to beat the dense one).
+    Returns the figure.
+
+    >>> fig = speed_curves([0.5, 0.9], {"dense": [1e-3, 1e-3], "sparse": [2e-3, 4e-4]},
+    ...                    "sparsity", mark=(0.7, "crossover"))
+    """
+    if not isinstance(seconds, dict) or not seconds:
+        raise ValueError("seconds must be a non-empty dict {label: seconds per call}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4), constrained_layout=True)
+    else:
+        fig = ax.figure
+    xs = np.asarray(x, dtype=float)
+    for label, ys in seconds.items():
+        ys = np.asarray(ys, dtype=float)
+        if ys.shape != xs.shape:
+            raise ValueError(f"{label!r} has {ys.size} values but x has {xs.size}")
+        if (ys <= 0).any():
+            raise ValueError(f"{label!r} has a time <= 0; timings must be positive")
+        ax.plot(xs, ys * 1e3, marker="o", markersize=4, label=label)
+    if mark is not None:
+        where, text = mark
+        ax.axvline(where, color="0.3", linestyle="--", linewidth=1, label=text)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("time per call (ms, log scale)")
+    if percent_x:
+        ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
+def grouped_bars(groups: dict, ylabel: str, title: str | None = None,
+                 reference: float | None = None, ax=None):
+    """Grouped bar chart: ``groups`` = ``{group: {bar label: value}}``, one colour per bar label.
+
+    ``reference`` draws a horizontal dashed line (for example 1.0 for ratios to a baseline).
+    Returns the figure.
+
+    >>> fig = grouped_bars({"batch 32": {"dense": 1.0, "masked": 1.2}}, "time / dense",
+    ...                    reference=1.0)
+    """
+    if not isinstance(groups, dict) or not groups or not all(
+            isinstance(v, dict) and v for v in groups.values()):
+        raise ValueError("groups must be a non-empty dict {group: {bar label: value}}")
+    labels = list(dict.fromkeys(k for bars in groups.values() for k in bars))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(2.8 + 0.45 * len(labels) * len(groups), 3.8),
+                               constrained_layout=True)
+    else:
+        fig = ax.figure
+    width = 0.8 / len(labels)
+    centres = np.arange(len(groups))
+    for i, label in enumerate(labels):
+        values = [groups[g].get(label, np.nan) for g in groups]
+        ax.bar(centres + (i - (len(labels) - 1) / 2) * width, values, width, label=label)
+    if reference is not None:
+        ax.axhline(reference, color="0.3", linestyle="--", linewidth=1)
+    ax.set_xticks(centres, [str(g) for g in groups])
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def gate_histograms(gates: dict, title: str | None = None, ax=None, bins: int = 40,
+                    logy: bool = True, threshold: float | None = 0.5):
+    """Overlaid histograms of gate values in [0, 1]: ``gates`` = ``{label: tensor(s)}``.
+
+    A value may be a tensor or a dict/list of tensors (for example ``gate_values(model)``);
+    all entries are pooled. Labels are drawn in order with viridis colours (early to late,
+    small to large), as step outlines so overlapping histograms stay readable. ``logy``
+    counts on a log scale, so a handful of undecided gates between two large peaks still
+    shows. ``threshold`` draws the dashed line where ``binarize`` cuts. Returns the figure.
+
+    >>> import torch
+    >>> fig = gate_histograms({"start": torch.full((100,), 0.95), "end": torch.rand(100)})
+    """
+    if not isinstance(gates, dict) or not gates:
+        raise ValueError("gates must be a non-empty dict {label: tensor of gate values}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    else:
+        fig = ax.figure
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(gates)))
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for colour, (label, value) in zip(colours, gates.items()):
+        parts = value.values() if isinstance(value, dict) else (
+            value if isinstance(value, (list, tuple)) else [value])
+        data = np.concatenate([_as_2d(p).ravel() for p in parts])
+        if data.size and (data.min() < 0 or data.max() > 1):
+            raise ValueError(f"{label!r} has values outside [0, 1]; gates live in [0, 1]")
+        ax.hist(data, bins=edges, histtype="step", linewidth=1.6, color=colour,
+                label=str(label))
+    if threshold is not None:
+        ax.axvline(threshold, color="0.3", linestyle="--", linewidth=1)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("gate value (0 = weight removed, 1 = kept)")
+    ax.set_ylabel("number of gates" + (" (log scale)" if logy else ""))
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def tradeoff(series: dict, reference: float | None = None, reference_label: str = "dense",
+             title: str | None = None, ax=None,
+             xlabel: str = "sparsity (fraction of weights removed)",
+             ylabel: str = "test accuracy"):
+    """Accuracy against sparsity, one line per method: ``series`` = ``{label: (xs, ys)}``.
+
+    Unlike ``curves``, every series has its own x values (each run lands at its own
+    sparsity); points are joined in order of x. ``reference`` draws a dashed horizontal
+    line (for example the dense model's accuracy). Both axes are in percent. Returns the figure.
+
+    >>> fig = tradeoff({"learned": ([0.5, 0.9], [0.97, 0.95])}, reference=0.97)
+    """
+    if not isinstance(series, dict) or not series:
+        raise ValueError("series must be a non-empty dict {label: (sparsities, accuracies)}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4), constrained_layout=True)
+    else:
+        fig = ax.figure
+    markers = "osD^vP*X"
+    for i, (label, pair) in enumerate(series.items()):
+        xs, ys = (np.asarray(v, dtype=float) for v in pair)
+        if xs.shape != ys.shape:
+            raise ValueError(f"{label!r} has {xs.size} sparsities but {ys.size} accuracies")
+        order = np.argsort(xs, kind="stable")
+        ax.plot(xs[order], ys[order], marker=markers[i % len(markers)], markersize=5, label=label)
+    if reference is not None:
+        ax.axhline(reference, color="0.3", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
