@@ -8,6 +8,9 @@ from .apply import apply_mask, get_mask, mask_layers, masked_parameters, remove_
 from .data import digits_loaders
 from .device import banner, get_device, seed_everything
 from .hooks import GradientRecorder, MaskHandle, mask_gradients, project_after_step
+from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_sparsity,
+                        gate_values, learnable_mask_layers, mask_parameters,
+                        weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import DigitsMLP, digits_mlp
 from .train import evaluate, evaluate_loss, fit
@@ -19,6 +22,8 @@ __all__ = [
     "digits_loaders",
     "banner", "get_device", "seed_everything",
     "GradientRecorder", "MaskHandle", "mask_gradients", "project_after_step",
+    "apply_learnable_mask", "binarize", "gate_penalty", "gate_sparsity", "gate_values",
+    "learnable_mask_layers", "mask_parameters", "weight_parameters",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "DigitsMLP", "digits_mlp",
     "evaluate", "evaluate_loss", "fit",

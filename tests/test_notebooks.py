@@ -103,3 +103,14 @@ def test_chapter_ends_with_summary_exercises_and_references(path):
     assert text.count("<details>") >= 2, "2-4 exercises, solutions hidden in <details>"
     assert text.count("<details>") == text.count("</details>")
     assert "{footbibliography}" in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_ends_in_a_matplotlib_call_that_prints_its_return_value(path):
+    # e.g. a cell ending in fig.suptitle(...) shows "Text(0.5, 0.98, ...)" in the page
+    setter = re.compile(r"^(fig|ax|axes)\S*\.(suptitle|set_\w+|legend|colorbar|text|plot)\(")
+    for i, cell in enumerate(cells(path, "code")):
+        statements = [line for line in source(cell).splitlines()
+                      if line.strip() and not line.startswith((" ", "\t", ")", "]", "}"))]
+        if statements and setter.match(statements[-1]):
+            pytest.fail(f"{path.name} cell {i} ends in {statements[-1]!r}: assign it")
