@@ -13,6 +13,7 @@ from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_spars
                         weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import DigitsMLP, digits_mlp
+from .swa import check_fixed_masks, fit_swa
 from .train import evaluate, evaluate_loss, fit
 
 __version__ = "0.1.0"
@@ -26,5 +27,6 @@ __all__ = [
     "learnable_mask_layers", "mask_parameters", "weight_parameters",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "DigitsMLP", "digits_mlp",
+    "check_fixed_masks", "fit_swa",
     "evaluate", "evaluate_loss", "fit",
 ]
