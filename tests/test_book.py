@@ -143,3 +143,14 @@ def test_every_slider_changes_the_picture(open_page, doc):
         assert after[0] != before[0], f"slider {i} on {doc}: the picture did not change"
         assert after[1] != before[1], f"slider {i} on {doc}: the label did not change"
         assert slider.locator("img").evaluate("i => i.complete && i.naturalWidth > 0")
+
+
+@pytest.mark.parametrize("doc", CHAPTERS)
+def test_printed_output_fits_the_page_without_scrolling(open_page, doc):
+    # A reader should not scroll sideways to read a number a claim rests on.
+    page = open_page(doc)
+    wide = page.eval_on_selector_all(
+        "article .cell:not(.tag_raises-exception) .cell_output pre",
+        "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+        ".map(e => e.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a))")
+    assert not wide, f"{doc}: output lines too wide for the page: {wide}"
