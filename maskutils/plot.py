@@ -25,6 +25,13 @@ _KINDS = {
 }
 
 
+def _figure_and_axes(ax, figsize):
+    """``ax`` and its figure, or a new figure of ``figsize`` with one axes when ``ax`` is None."""
+    if ax is None:
+        return plt.subplots(figsize=figsize, constrained_layout=True)
+    return ax.figure, ax
+
+
 def _as_2d(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
@@ -103,10 +110,7 @@ def heatmap(tensor, kind: str = "mask", title: str | None = None, ax=None, vmax:
     """One heatmap; draws on ``ax`` if given, else on a new figure. Returns the figure."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.5, 3.5), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, figsize=(4.5, 3.5))
     im = _draw(ax, _as_2d(tensor), kind, title, vmax)
     _colorbar(fig, im, ax, kind)
     return fig
@@ -118,10 +122,7 @@ def curves(x, ys: dict, xlabel: str, ylabel: str, title: str | None = None,
     draws a shaded band. Returns the figure."""
     if not isinstance(ys, dict) or not ys:
         raise ValueError("ys must be a non-empty dict {label: values}")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, figsize=(6, 3.8))
     xs = np.asarray(x, dtype=float)
     for label, y in ys.items():
         y = np.asarray(y, dtype=float)
@@ -195,28 +196,19 @@ def speed_curves(x, seconds: dict, xlabel: str, title: str | None = None,
     """
     if not isinstance(seconds, dict) or not seconds:
         raise ValueError("seconds must be a non-empty dict {label: seconds per call}")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4), constrained_layout=True)
-    else:
-        fig = ax.figure
-    xs = np.asarray(x, dtype=float)
+    millis = {}
     for label, ys in seconds.items():
         ys = np.asarray(ys, dtype=float)
-        if ys.shape != xs.shape:
-            raise ValueError(f"{label!r} has {ys.size} values but x has {xs.size}")
         if (ys <= 0).any():
             raise ValueError(f"{label!r} has a time <= 0; timings must be positive")
-        ax.plot(xs, ys * 1e3, marker="o", markersize=4, label=label)
+        millis[label] = ys * 1e3
+    fig = curves(x, millis, xlabel, "time per call (ms, log scale)", title=title, ax=ax,
+                 percent_x=percent_x)
+    ax = fig.axes[0] if ax is None else ax
     if mark is not None:
         where, text = mark
         ax.axvline(where, color="0.3", linestyle="--", linewidth=1, label=text)
     ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("time per call (ms, log scale)")
-    if percent_x:
-        ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
-    if title:
-        ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return fig
@@ -236,11 +228,7 @@ def grouped_bars(groups: dict, ylabel: str, title: str | None = None,
             isinstance(v, dict) and v for v in groups.values()):
         raise ValueError("groups must be a non-empty dict {group: {bar label: value}}")
     labels = list(dict.fromkeys(k for bars in groups.values() for k in bars))
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(2.8 + 0.45 * len(labels) * len(groups), 3.8),
-                               constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, figsize=(2.8 + 0.45 * len(labels) * len(groups), 3.8))
     width = 0.8 / len(labels)
     centres = np.arange(len(groups))
     for i, label in enumerate(labels):
@@ -272,10 +260,7 @@ def gate_histograms(gates: dict, title: str | None = None, ax=None, bins: int = 
     """
     if not isinstance(gates, dict) or not gates:
         raise ValueError("gates must be a non-empty dict {label: tensor of gate values}")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, figsize=(6, 3.6))
     colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(gates)))
     edges = np.linspace(0.0, 1.0, bins + 1)
     for colour, (label, value) in zip(colours, gates.items()):
@@ -314,10 +299,7 @@ def tradeoff(series: dict, reference: float | None = None, reference_label: str 
     """
     if not isinstance(series, dict) or not series:
         raise ValueError("series must be a non-empty dict {label: (sparsities, accuracies)}")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4), constrained_layout=True)
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, figsize=(6.4, 4))
     markers = "osD^vP*X"
     for i, (label, pair) in enumerate(series.items()):
         xs, ys = (np.asarray(v, dtype=float) for v in pair)

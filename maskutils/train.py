@@ -25,29 +25,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def evaluate(model: nn.Module, loader) -> float:
-    """Accuracy of ``model`` on ``loader`` in [0, 1], computed in eval mode (the mode is restored)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        with torch.no_grad():
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                correct += int((model(x).argmax(dim=1) == y).sum())
-                total += y.numel()
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError("the loader yielded no samples")
-    return correct / total
-
-
-def evaluate_loss(model: nn.Module, loader) -> float:
-    """Mean cross-entropy of ``model`` on ``loader``, in eval mode (the mode is restored)."""
+def _mean_over_samples(model: nn.Module, loader, per_batch) -> float:
+    """Sum ``per_batch(logits, y)`` over ``loader`` in eval mode (the mode is restored),
+    divided by the number of samples."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     device = _model_device(model)
@@ -58,13 +38,24 @@ def evaluate_loss(model: nn.Module, loader) -> float:
         with torch.no_grad():
             for x, y in loader:
                 x, y = x.to(device), y.to(device)
-                total += float(nn.functional.cross_entropy(model(x), y, reduction="sum"))
+                total += float(per_batch(model(x), y))
                 count += y.numel()
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("the loader yielded no samples")
     return total / count
+
+
+def evaluate(model: nn.Module, loader) -> float:
+    """Accuracy of ``model`` on ``loader`` in [0, 1], computed in eval mode (the mode is restored)."""
+    return _mean_over_samples(model, loader, lambda logits, y: (logits.argmax(dim=1) == y).sum())
+
+
+def evaluate_loss(model: nn.Module, loader) -> float:
+    """Mean cross-entropy of ``model`` on ``loader``, in eval mode (the mode is restored)."""
+    return _mean_over_samples(
+        model, loader, lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="sum"))
 
 
 def fit(
