@@ -14,10 +14,17 @@ False
 """
 from __future__ import annotations
 
+import copy
+import math
+import numbers
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize, prune
+
+from .apply import get_mask
+from .swa import learnable_parametrizations
 
 _CHECKS: dict[str, tuple[str, Callable]] = {}
 
@@ -64,6 +71,10 @@ def check(name: str, answer, **given) -> bool:
     except Wrong as wrong:
         print(f"❌ {name}: {wrong}")
         return False
+    except Exception as error:  # a checker must not end in a traceback
+        print(f"❌ {name}: could not check this answer ({type(error).__name__}: {error}); "
+              "compare its type and shape with what the exercise asks for.")
+        return False
     print(f"✅ {name}: right: {message}")
     return True
 
@@ -76,6 +87,38 @@ def _binary_tensor(answer, like: torch.Tensor, what: str = "the mask") -> torch.
     if not ((answer == 0) | (answer == 1)).all():
         raise Wrong(f"{what} holds values other than 0 and 1; threshold it, e.g. (x > t).float()")
     return answer.detach().to(like.device, like.dtype)
+
+
+def _number(answer, what: str) -> float:
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = answer.item()
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real) or math.isnan(answer):
+        raise Wrong(f"answer with a number: {what}; got {type(answer).__name__} {answer!r}")
+    return float(answer)
+
+
+def _module(model, what: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise Wrong(f"{what} should be a torch.nn.Module (the model itself), "
+                    f"got {type(model).__name__}")
+    return model
+
+
+def _linears(model, what: str = "the model") -> list[tuple[str, nn.Linear]]:
+    found = [(n, m) for n, m in _module(model, what).named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise Wrong(f"{what} has no nn.Linear layer; pass the whole network")
+    return found
+
+
+def _kept(model, what: str) -> tuple[int, int]:
+    """(weights its masks keep, all weights) over the Linear layers of ``model``."""
+    kept = total = 0
+    for _, layer in _linears(model, what):
+        mask = get_mask(layer)
+        kept += layer.weight.numel() if mask is None else int((mask != 0).sum())
+        total += layer.weight.numel()
+    return kept, total
 
 
 @exercise("1.1", "a 1:4 mask of the first layer")
@@ -125,3 +168,120 @@ def _two_random_masks(answer) -> str:
         hint = " (that is the fraction kept)" if abs(answer - 0.25) <= 0.02 else ""
         raise Wrong(f"{answer:.2f} is off{hint}: a weight survives only if both masks keep it.")
     return "an entry survives with probability 0.5 × 0.5, so about 75 % is removed."
+
+
+@exercise("2.1", "zero Adam's moments at the masked entries")
+def _moments_zeroed(answer, masks) -> str:
+    layers = _linears(answer)
+    if not isinstance(masks, (list, tuple)) or len(masks) != len(layers):
+        raise Wrong(f"masks: give one 0/1 mask per Linear layer, in order ({len(layers)}), "
+                    "e.g. masks=layer_masks")
+    moved = total = 0
+    for i, ((_, layer), mask) in enumerate(zip(layers, masks)):
+        weight = layer.weight.detach()
+        hidden = _binary_tensor(mask, weight, f"mask {i}") == 0
+        moved += int((weight[hidden] != 0).sum())
+        total += int(hidden.sum())
+    if moved and moved == total:
+        raise Wrong(f"none of the {total:,} masked weights is 0: call mask_gradients on this "
+                    "model's weights (it zeroes them) before you train on.")
+    if moved:
+        raise Wrong(f"{moved:,} of {total:,} masked weights moved away from 0: Adam's moments "
+                    "still move them. Right after mask_gradients, before training on, zero "
+                    "both exp_avg and exp_avg_sq at the masked entries (multiply by the mask).")
+    return (f"all {total:,} masked weights are still exactly 0: with zero moments Adam's "
+            "update there is 0 / (0 + eps) = 0.")
+
+
+@exercise("2.2", "how much of its size a hidden entry keeps under AdamW")
+def _adamw_decay(answer, lr, weight_decay, steps) -> str:
+    value = _number(answer, "the fraction of its size a hidden entry keeps")
+    lr, wd = _number(lr, "lr"), _number(weight_decay, "weight_decay")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise Wrong(f"steps should be the number of optimizer steps, a whole number, got {steps!r}")
+    right = (1 - lr * wd) ** steps
+    common = [(1 - lr * wd, "that is one step's factor: the decay compounds, so raise it to "
+                            "the power k (the number of steps)."),
+              ((1 - wd) ** steps, "AdamW multiplies the decay by the learning rate: each step "
+                                  "keeps 1 - lr * weight_decay, not 1 - weight_decay."),
+              (1 - right, "that is the fraction lost; the question asks for the fraction kept.")]
+    for wrong, hint in common:  # a wrong formula within 1 % of the right one: exact match only
+        tight = math.isclose(wrong, right, rel_tol=0.01)
+        if not math.isclose(wrong, right, rel_tol=1e-9) and math.isclose(
+                value, wrong, rel_tol=1e-6 if tight else 0.01, abs_tol=1e-12):
+            raise Wrong(f"{value:.4g}: {hint}")
+    if not math.isclose(value, right, rel_tol=0.01):
+        raise Wrong(f"{value:.4g} is off: a hidden entry has zero gradient and, with a fresh "
+                    "optimizer, zero moments, so only the decoupled decay moves it, once per "
+                    "step. What does one step multiply it by?")
+    return f"(1 - lr * weight_decay) ** k = {right:.4f}; only the decay moves a hidden entry."
+
+
+@exercise("3.1", "where L1 on raw logits sends the gates")
+def _gates_go_to_half(answer) -> str:
+    value = _number(answer, "the gate value the penalty pulls the gates towards")
+    if abs(value - 0.5) <= 0.02:
+        return ("L1 pulls every logit to 0, and sigmoid(0) = 0.5: the gates stop half open "
+                "and nothing is removed.")
+    if not 0 <= value <= 1:
+        raise Wrong(f"{value:.3g} is not a gate value: a gate is sigmoid(logit), in [0, 1].")
+    if value < 0.1:
+        raise Wrong(f"{value:.3g}: the penalty is on the logit, not the gate. L1 pulls the "
+                    "*logit* to 0, and sigmoid(0) = 0.5.")
+    if value > 0.5:
+        raise Wrong(f"{value:.3g} is where the gates are on their way; the question is where "
+                    "they head: where λ·|logit| is smallest, passed through the sigmoid.")
+    raise Wrong(f"{value:.3g} is off: find the logit where λ·|logit| is smallest and apply "
+                "the sigmoid to it.")
+
+
+@exercise("4.2", "binarize the average to keep as many weights as the last iterate")
+def _same_budget(answer, last) -> str:
+    for model, what, fix in ((answer, "your model", "binarize it first at your threshold"),
+                             (last, "last", "pass the binarized last iterate")):
+        gates = learnable_parametrizations(_module(model, what))
+        if gates:
+            raise Wrong(f"{what} still has learnable gates ({', '.join(gates)}): {fix}, "
+                        "e.g. binarize(model, threshold=t).")
+    (kept, total), (target, other) = _kept(answer, "your model"), _kept(last, "last")
+    if total != other:
+        raise Wrong(f"your model has {total:,} weights and last has {other:,}: compare the "
+                    "averaged network with the last iterate of the same network.")
+    if abs(kept - target) > 0.005 * total:
+        way = "raise" if kept > target else "lower"
+        raise Wrong(f"yours keeps {kept:,} weights, the last iterate {target:,} (of {total:,}): "
+                    f"{way} the threshold.")
+    return (f"{kept:,} weights kept against the last iterate's {target:,}: the same budget; "
+            "now compare which weights each keeps.")
+
+
+@exercise("5.1", "convert a pruned model to apply_mask")
+def _pruned_to_apply_mask(answer, pruned, x) -> str:
+    layers = _linears(answer, "the converted model")
+    _module(pruned, "pruned")
+    if not isinstance(x, torch.Tensor):
+        raise Wrong(f"x should be a batch of inputs (a torch.Tensor), got {type(x).__name__}")
+    left = [n or "the model" for n, m in answer.named_modules()
+            if hasattr(m, "weight_orig") or hasattr(m, "weight_mask")]
+    if left or prune.is_pruned(answer):
+        raise Wrong(f"{', '.join(left) or 'the model'} still has prune's weight_orig/weight_mask: "
+                    "start from a fresh copy of the unpruned model (copy.deepcopy(base)).")
+    plain = [n for n, layer in layers if not parametrize.is_parametrized(layer, "weight")]
+    if plain:
+        raise Wrong(f"the weight of {', '.join(plain)} is not masked through parametrize: use "
+                    "maskutils.apply_mask(layer, mask) on every Linear layer.")
+    try:
+        copy.deepcopy(answer)
+    except Exception as error:
+        raise Wrong(f"copy.deepcopy(converted) fails ({type(error).__name__}): remove the "
+                    "tensor attribute that is not a leaf, or rebuild from copy.deepcopy(base).")
+    try:
+        with torch.no_grad():
+            got, want = answer(x), pruned(x)
+    except Exception as error:
+        raise Wrong(f"running the models on x fails ({type(error).__name__}: {error}); pass the "
+                    "inputs the pruned model takes, on the models' device.")
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise Wrong("its outputs differ from pruned(x): use each layer's weight_mask as the mask "
+                    "and the dense weights from weight_orig (those of the unpruned model).")
+    return "it survives copy.deepcopy now, and computes what the pruned model computes."
