@@ -5,14 +5,14 @@ The masking core (masks, apply, hooks, learnable, swa, train) imports only torch
 imported lazily, so ``import maskutils`` stays fast and works without a display.
 """
 from .apply import apply_mask, get_mask, mask_layers, masked_parameters, remove_mask
-from .data import digits_loaders
+from .data import char_corpus, char_loaders, digits_loaders
 from .device import banner, get_device, seed_everything
 from .hooks import GradientRecorder, MaskHandle, mask_gradients, project_after_step
 from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_sparsity,
                         gate_values, learnable_mask_layers, mask_parameters,
                         weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
-from .models import DigitsMLP, digits_mlp
+from .models import CharTransformerLM, DigitsMLP, digits_mlp
 from .swa import check_fixed_masks, fit_swa
 from .train import evaluate, evaluate_loss, fit
 
@@ -20,13 +20,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "apply_mask", "get_mask", "mask_layers", "masked_parameters", "remove_mask",
-    "digits_loaders",
+    "char_corpus", "char_loaders", "digits_loaders",
     "banner", "get_device", "seed_everything",
     "GradientRecorder", "MaskHandle", "mask_gradients", "project_after_step",
     "apply_learnable_mask", "binarize", "gate_penalty", "gate_sparsity", "gate_values",
     "learnable_mask_layers", "mask_parameters", "weight_parameters",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
-    "DigitsMLP", "digits_mlp",
+    "CharTransformerLM", "DigitsMLP", "digits_mlp",
     "check_fixed_masks", "fit_swa",
     "evaluate", "evaluate_loss", "fit",
 ]

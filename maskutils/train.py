@@ -65,6 +65,7 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     lr: float = 1e-3,
     test_loader=None,
+    val_loader=None,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     on_step: Callable[[int, nn.Module], None] | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
@@ -80,8 +81,9 @@ def fit(
     - ``on_step(step, model)``: called after every optimizer step (step counts from 1).
     - ``on_epoch(epoch, model)``: called after every epoch (epoch counts from 1).
 
-    The history has ``epoch`` and ``train_loss`` (mean over the epoch's batches), and
-    ``test_acc`` when ``test_loader`` is given.
+    The history has ``epoch`` and ``train_loss`` (mean over the epoch's batches),
+    ``val_acc`` when ``val_loader`` is given (choose epochs and settings on it) and
+    ``test_acc`` when ``test_loader`` is given (for reporting only).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -92,6 +94,8 @@ def fit(
     device = _model_device(model)
     loss_fn = nn.CrossEntropyLoss()
     history: dict[str, list] = {"epoch": [], "train_loss": []}
+    if val_loader is not None:
+        history["val_acc"] = []
     if test_loader is not None:
         history["test_acc"] = []
     step = 0
@@ -118,9 +122,11 @@ def fit(
             raise ValueError("train_loader yielded no batches; check the data set and batch size")
         history["epoch"].append(epoch)
         history["train_loss"].append(total / batches)
+        if val_loader is not None:
+            history["val_acc"].append(evaluate(model, val_loader))
+            bar.set_postfix(val_acc=f"{history['val_acc'][-1]:.3f}")
         if test_loader is not None:
             history["test_acc"].append(evaluate(model, test_loader))
-            bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, model)
     return history

@@ -1,6 +1,7 @@
 """Device choice, seeding (maskutils.device) and the digits loaders (maskutils.data)."""
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -213,3 +214,78 @@ def test_editing_one_loaders_labels_in_place_does_not_change_a_later_call():
         assert torch.equal(again.dataset.tensors[1], saved)
     finally:
         labels.copy_(saved)  # undo, in case the loaders share memory with a cache
+
+
+# --- the validation split ----------------------------------------------------------------------
+
+def test_validation_split_keeps_the_test_set_and_holds_out_part_of_training():
+    train2, test2 = digits_loaders(seed=0)
+    train3, val3, test3 = digits_loaders(seed=0, validation=True)
+    assert len(train3.dataset) + len(val3.dataset) == len(train2.dataset)
+    assert len(val3.dataset) == math.ceil(0.2 * len(train2.dataset))  # sklearn rounds up
+    # the same 360 test images in the same order; only the standardization differs,
+    # so each pixel column is an exact affine function of the other
+    assert torch.equal(test2.dataset.tensors[1], test3.dataset.tensors[1])
+    a, b = test2.dataset.tensors[0].double(), test3.dataset.tensors[0].double()
+    varying = a.std(dim=0) > 0
+    scale = b[:, varying].std(dim=0) / a[:, varying].std(dim=0)
+    shift = b[:, varying].mean(dim=0) - scale * a[:, varying].mean(dim=0)
+    assert torch.allclose(a[:, varying] * scale + shift, b[:, varying], atol=1e-5)
+
+
+def test_validation_split_is_stratified_disjoint_and_standardized_on_training_only():
+    train, val, _ = digits_loaders(seed=0, validation=True)
+    x_tr, y_tr = train.dataset.tensors
+    x_val, y_val = val.dataset.tensors
+    assert torch.bincount(y_val, minlength=10).min() >= 25   # every class, about 29 each
+    assert torch.allclose(x_tr.mean(dim=0), torch.zeros(64), atol=1e-5)
+    assert x_val.mean(dim=0).abs().max() > 1e-3   # not re-standardized on itself
+    rows = {tuple(r.tolist()) for r in x_tr}
+    assert not any(tuple(r.tolist()) in rows for r in x_val)
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_validation_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match="validation must be True or False"):
+        digits_loaders(validation=bad)
+
+
+# --- the character-level text ---------------------------------------------------------------------
+
+def test_char_loaders_shift_targets_and_keep_the_slices_apart():
+    from maskutils import char_corpus, char_loaders
+
+    text, vocab = char_corpus()
+    train, val, test = char_loaders(seq_len=32, batch_size=8, seed=0)
+    x, y = next(iter(train))
+    assert x.shape == y.shape == (8, 32) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert int(x.max()) < len(vocab)
+    vx, vy = next(iter(val))
+    decoded = "".join(vocab[i] for i in vx[0].tolist())
+    start = round(0.8 * len(text))
+    assert text[start:start + 32] == decoded, "validation starts right after the train slice"
+    n_val = sum(b[0].numel() for b in val)
+    n_test = sum(b[0].numel() for b in test)
+    assert abs(n_val - 0.1 * len(text)) < 64 and abs(n_test - 0.1 * len(text)) < 64
+
+
+def test_char_loaders_reshuffle_each_epoch_and_repeat_with_the_seed():
+    from maskutils import char_loaders
+
+    a = char_loaders(seq_len=16, batch_size=4, seed=1)[0]
+    b = char_loaders(seq_len=16, batch_size=4, seed=1)[0]
+    first, again = next(iter(a)), next(iter(b))
+    assert torch.equal(first[0], again[0])
+    assert not torch.equal(next(iter(a))[0], first[0])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"seq_len": 0}, "seq_len"), ({"batch_size": 0}, "batch_size"),
+    ({"fractions": (0.5, 0.5)}, "fractions"), ({"fractions": (0.9, 0.2, -0.1)}, "fractions"),
+])
+def test_char_loaders_reject_bad_input(kwargs, match):
+    from maskutils import char_loaders
+
+    with pytest.raises(ValueError, match=match):
+        char_loaders(**kwargs)
