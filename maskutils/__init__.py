@@ -13,6 +13,7 @@ from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_spars
                         weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import CharTransformerLM, DigitsMLP, digits_mlp
+from .pruning import gradual_magnitude_prune
 from .swa import check_fixed_masks, fit_swa
 from .train import evaluate, evaluate_loss, fit
 
@@ -27,6 +28,7 @@ __all__ = [
     "learnable_mask_layers", "mask_parameters", "weight_parameters",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "CharTransformerLM", "DigitsMLP", "digits_mlp",
+    "gradual_magnitude_prune",
     "check_fixed_masks", "fit_swa",
     "evaluate", "evaluate_loss", "fit",
 ]
