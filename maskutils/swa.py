@@ -118,7 +118,7 @@ def _positive_real(value, what: str) -> float:
 def fit_swa(model: nn.Module, train_loader, epochs: int, swa_start: int, swa_lr: float,
             optimizer: torch.optim.Optimizer | None = None, lr: float = 0.05,
             test_loader=None, anneal_epochs: int = 1, progress: bool = True,
-            on_epoch: Callable[[int, nn.Module], None] | None = None):
+            on_epoch: Callable[[int, nn.Module], None] | None = None, val_loader=None):
     """Train ``model`` and average its weights once per epoch from epoch ``swa_start`` on.
 
     - ``optimizer``: defaults to SGD with momentum 0.9 at ``lr``.
@@ -136,9 +136,11 @@ def fit_swa(model: nn.Module, train_loader, epochs: int, swa_start: int, swa_lr:
     arguments are checked before anything is trained.
 
     Returns ``(swa_model, history)``: ``swa_model.module`` is the averaged copy of ``model``.
-    The history has what ``fit`` records plus ``lr`` (group 0's rate during each epoch) and,
-    when ``test_loader`` is given, ``test_loss`` of the last iterate and ``swa_test_acc`` /
-    ``swa_test_loss`` of the average (NaN before ``swa_start``).
+    The history has what ``fit`` records plus ``lr`` (group 0's rate during each epoch);
+    when ``val_loader`` is given, ``val_acc`` of the last iterate and ``swa_val_acc`` of the
+    average (choose ``swa_start``, learning rates and epochs on these); when ``test_loader``
+    is given, ``test_loss`` of the last iterate and ``swa_test_acc`` / ``swa_test_loss`` of
+    the average (for reporting only). Averages are NaN before ``swa_start``.
 
     >>> from maskutils import digits_loaders, digits_mlp
     >>> train, test = digits_loaders()
@@ -148,6 +150,11 @@ def fit_swa(model: nn.Module, train_loader, epochs: int, swa_start: int, swa_lr:
     nan
     >>> int(swa_model.n_averaged)             # epochs 2 and 3
     2
+    >>> train, val, test = digits_loaders(validation=True)
+    >>> _, history = fit_swa(digits_mlp(), train, epochs=2, swa_start=2, swa_lr=0.05,
+    ...                      val_loader=val, progress=False)
+    >>> sorted(history)
+    ['epoch', 'lr', 'swa_val_acc', 'train_loss', 'val_acc']
     """
     check_fixed_masks(model)
     epochs = _positive_int(epochs, "epochs")
@@ -175,7 +182,8 @@ def fit_swa(model: nn.Module, train_loader, epochs: int, swa_start: int, swa_lr:
     swa_model = AveragedModel(model, use_buffers=False)
     scheduler = SWALR(optimizer, swa_lr=swa_lr, anneal_epochs=anneal_epochs)
     bn = has_batchnorm(model)
-    extra = {"lr": [], "test_loss": [], "swa_test_acc": [], "swa_test_loss": []}
+    extra = {"lr": [], "swa_val_acc": [], "test_loss": [], "swa_test_acc": [],
+             "swa_test_loss": []}
 
     def after_epoch(epoch: int, trained: nn.Module) -> None:
         extra["lr"].append(optimizer.param_groups[0]["lr"])
@@ -185,12 +193,15 @@ def fit_swa(model: nn.Module, train_loader, epochs: int, swa_start: int, swa_lr:
         if averaging:
             swa_model.update_parameters(trained)
             scheduler.step()
+            if bn and (val_loader is not None or test_loader is not None):
+                update_bn(train_loader, swa_model)
+        if val_loader is not None:
+            extra["swa_val_acc"].append(
+                evaluate(swa_model, val_loader) if averaging else math.nan)
         if test_loader is None:
             return
         extra["test_loss"].append(evaluate_loss(trained, test_loader))
         if averaging:
-            if bn:
-                update_bn(train_loader, swa_model)
             extra["swa_test_acc"].append(evaluate(swa_model, test_loader))
             extra["swa_test_loss"].append(evaluate_loss(swa_model, test_loader))
         else:
@@ -198,7 +209,8 @@ def fit_swa(model: nn.Module, train_loader, epochs: int, swa_start: int, swa_lr:
             extra["swa_test_loss"].append(math.nan)
 
     history = fit(model, train_loader, epochs=epochs, optimizer=optimizer,
-                  test_loader=test_loader, on_epoch=after_epoch, progress=progress)
+                  val_loader=val_loader, test_loader=test_loader, on_epoch=after_epoch,
+                  progress=progress)
     if bn:
         update_bn(train_loader, swa_model)
     history.update({k: v for k, v in extra.items() if v})

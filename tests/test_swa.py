@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from maskutils import (apply_mask, digits_mlp, get_mask, magnitude_mask, mask_layers,
+from maskutils import (apply_mask, digits_mlp, evaluate, get_mask, magnitude_mask, mask_layers,
                        random_mask, seed_everything, sparsity)
 from maskutils.learnable import apply_learnable_mask, binarize, learnable_mask_layers
 from maskutils.swa import (check_fixed_masks, fit_swa, has_batchnorm,
@@ -292,3 +292,47 @@ def test_random_masks_too():
     swa_model, _ = fit_swa(model, tiny_data(), epochs=2, swa_start=1, swa_lr=0.1,
                            progress=False)
     assert masked_entries_are_zero(swa_model.module)
+
+
+# --------------------------------------------------------------------- validation history
+
+def test_val_loader_records_iterate_and_average_for_choosing_settings():
+    data, val = tiny_data(), tiny_data(n_batches=2, seed=1)
+    model = tiny_model()
+    swa_model, history = fit_swa(model, data, epochs=5, swa_start=3, swa_lr=0.1, lr=0.1,
+                                 val_loader=val, test_loader=data, progress=False)
+    assert set(history) == HISTORY_KEYS | {"val_acc", "swa_val_acc"}
+    assert all(len(v) == 5 for v in history.values())
+    assert all(math.isnan(v) for v in history["swa_val_acc"][:2])
+    assert history["val_acc"][-1] == evaluate(model, val)
+    assert history["swa_val_acc"][-1] == evaluate(swa_model, val)
+    assert history["swa_test_acc"][-1] == evaluate(swa_model, data)
+
+
+def test_val_loader_alone_gives_no_test_keys():
+    _, history = fit_swa(tiny_model(), tiny_data(), epochs=3, swa_start=2, swa_lr=0.1,
+                         val_loader=tiny_data(seed=2), progress=False)
+    assert set(history) == {"epoch", "train_loss", "lr", "val_acc", "swa_val_acc"}
+    assert math.isnan(history["swa_val_acc"][0])
+    assert all(0.0 <= v <= 1.0 for v in history["swa_val_acc"][1:])
+
+
+def test_val_accuracy_of_a_batchnorm_average_uses_recomputed_statistics(monkeypatch):
+    import maskutils.swa as swa
+    data, val = tiny_data(n_batches=4), tiny_data(n_batches=2, seed=3)
+    model = tiny_model(batchnorm=True)
+    seen = []
+
+    def spy(net, loader):
+        if loader is val and isinstance(net, AveragedModel):
+            with torch.no_grad():       # the statistics the average is evaluated with
+                acts = torch.cat([net.module.layers[0](x) for x, _ in data])
+            seen.append(torch.allclose(net.module.layers[1].running_mean, acts.mean(0),
+                                       rtol=1e-4, atol=1e-5))
+        return evaluate(net, loader)
+
+    monkeypatch.setattr(swa, "evaluate", spy)
+    _, history = fit_swa(model, data, epochs=4, swa_start=2, swa_lr=0.2, lr=0.2,
+                         val_loader=val, progress=False)
+    assert seen == [True, True, True], "update_bn before every validation of the average"
+    assert len(history["swa_val_acc"]) == 4
