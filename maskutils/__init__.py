@@ -4,7 +4,8 @@ The masking core (masks, apply, hooks, learnable, swa, train) imports only torch
 ``maskutils.plot`` and ``maskutils.widgets`` need matplotlib and ipywidgets and are
 imported lazily, so ``import maskutils`` stays fast and works without a display.
 """
-from .apply import apply_mask, get_mask, mask_layers, masked_parameters, remove_mask
+from .apply import (MaskedLayers, apply_mask, get_mask, load_dense_state_dict, mask_layers,
+                    masked_parameters, remove_mask, remove_masks)
 from .data import char_corpus, char_loaders, digits_loaders
 from .device import banner, get_device, seed_everything
 from .hooks import GradientRecorder, MaskHandle, mask_gradients, project_after_step
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "apply_mask", "get_mask", "mask_layers", "masked_parameters", "remove_mask",
+    "MaskedLayers", "load_dense_state_dict", "remove_masks",
     "char_corpus", "char_loaders", "digits_loaders",
     "banner", "get_device", "seed_everything",
     "GradientRecorder", "MaskHandle", "mask_gradients", "project_after_step",

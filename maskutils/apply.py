@@ -5,6 +5,12 @@ masked entries are zero in the forward pass and autograd gives them zero gradien
 is a buffer (saved in ``state_dict``, moved by ``.to()``) and the original ``Parameter`` object
 is kept, so an optimizer built before still trains it.
 
+``mask_layers(model, sparsity)`` masks every weight matrix or kernel of a model (every
+parameter with at least two dimensions, whatever the module: Linear, Conv, attention,
+recurrent, ``transformers``' ``Conv1D``), all or nothing, and says what it masked and what it
+left out. A parameter shared by several modules (an embedding tied to an output head) is masked
+once, with one mask that every place sees.
+
 >>> import torch
 >>> from torch import nn
 >>> from maskutils import apply_mask, get_mask, remove_mask
@@ -18,25 +24,64 @@ True
 """
 from __future__ import annotations
 
+import fnmatch
+import warnings
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 
 class Mask(nn.Module):
-    """The parametrization ``weight = original * mask``; the mask is a buffer."""
+    """The parametrization ``weight = original * mask``; the mask is a buffer.
+
+    ``right_inverse`` makes assignment work on a masked layer: ``layer.weight = tensor`` stores
+    (a copy of) ``tensor`` as the original, and the layer then reads ``tensor * mask``.
+    """
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
         self.register_buffer("mask", mask)
+        self._registering = False
+        self._holders = 0  # how many (module, name) places read through this mask (ties: > 1)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         return original * self.mask
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        if self._registering:  # register_parametrization: keep the original as it is
+            return value
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"a masked weight can be set to a torch.Tensor, got {type(value).__name__}")
+        if value.shape != self.mask.shape:
+            raise ValueError(
+                f"cannot set a masked weight of shape {tuple(self.mask.shape)} "
+                f"to a tensor of shape {tuple(value.shape)}"
+            )
+        dtype = self.mask.dtype if value.is_floating_point() else value.dtype
+        return value.detach().to(device=self.mask.device, dtype=dtype).clone()
 
 
 def _check_module(module) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+
+
+def _refuse_if_ddp_wrapped(module) -> None:
+    """Refuse a ``DistributedDataParallel`` wrapper (or a model holding one): mask before wrapping.
+
+    Masking registers a new parameter object whose gradients DDP's reducer never sees, and
+    unmasking removes one it waits for. DDP marks neither its inner ``module`` nor the
+    parameters (torch 2.13), so only the wrapper itself can be detected (chapter 9).
+    """
+    ddp = getattr(nn.parallel, "DistributedDataParallel", None)
+    if ddp is not None and any(isinstance(m, ddp) for m in module.modules()):
+        raise ValueError(
+            f"{type(module).__name__} is or holds a DistributedDataParallel wrapper: mask "
+            "before wrapping. Put a mask (all ones is fine) on every layer of the plain model, "
+            "then wrap it; later, shrink those masks in place (apply_mask on the same layers). "
+            "Remove masks only when training with the wrapper is over (on ddp.module)"
+        )
 
 
 def _check_name(module: nn.Module, name: str) -> torch.Tensor:
@@ -60,6 +105,13 @@ def _mask_modules(module: nn.Module, name: str) -> list[Mask]:
     return [p for p in module.parametrizations[name] if isinstance(p, Mask)]
 
 
+def _stored(module: nn.Module, name: str) -> torch.Tensor:
+    """The tensor that holds the values of ``module.<name>`` (the original when parametrized)."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return module._parameters[name]
+
+
 def check_mask(mask, like: torch.Tensor, what: str = "mask") -> torch.Tensor:
     """Return ``mask`` as a 0/1 tensor of ``like``'s dtype and device, or raise a clear error."""
     if not isinstance(mask, torch.Tensor):
@@ -81,25 +133,193 @@ def check_mask(mask, like: torch.Tensor, what: str = "mask") -> torch.Tensor:
     return m.to(device=like.device, dtype=dtype).clone()
 
 
-def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> nn.Module:
+# --- where a parameter lives: every (module, name) that holds it ----------------------------
+
+def _walk(model: nn.Module, prefix: str = ""):
+    """``(name, module)`` for every module, skipping parametrization internals."""
+    yield prefix, model
+    for child_name, child in model.named_children():
+        if child_name == "parametrizations" and parametrize.is_parametrized(model):
+            continue
+        yield from _walk(child, f"{prefix}.{child_name}" if prefix else child_name)
+
+
+def _places(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """``{id(stored tensor): [(module name, module, parameter name), ...]}`` for every
+    parameter of ``model``, plain or parametrized; a tied parameter has several places."""
+    found: dict[int, list] = {}
+    for mod_name, module in _walk(model):
+        names = list(module._parameters)
+        if parametrize.is_parametrized(module):
+            names += [n for n in module.parametrizations if n not in names]
+        for pname in names:
+            if pname in module._parameters and module._parameters[pname] is None:
+                continue
+            if parametrize.is_parametrized(module, pname):
+                plist = module.parametrizations[pname]
+                if not hasattr(plist, "original"):
+                    continue
+                stored = plist.original
+            else:
+                stored = module._parameters[pname]
+            found.setdefault(id(stored), []).append((mod_name, module, pname))
+    return found
+
+
+def _full(mod_name: str, pname: str) -> str:
+    return f"{mod_name}.{pname}" if mod_name else pname
+
+
+def _own_rnn_deepcopy(module: nn.Module) -> None:
+    """Let a masked RNN be deep-copied after a training forward.
+
+    ``nn.RNNBase`` caches the weights it last computed in ``_flat_weights``; with a mask those
+    are non-leaf tensors of the autograd graph, which ``copy.deepcopy`` refuses. The copy gets
+    detached values instead (its next forward recomputes them from its own parameters).
+    """
+    if not isinstance(module, nn.RNNBase):
+        return
+    cls = type(module)
+    base_copy = cls.__dict__.get("__deepcopy__")
+    if base_copy is None or getattr(base_copy, "_maskutils", False):
+        return
+
+    def deepcopy_detached(self, memo):
+        cached = self.__dict__.get("_flat_weights")
+        if cached is not None:
+            self.__dict__["_flat_weights"] = [
+                w.detach() if isinstance(w, torch.Tensor) and w.grad_fn is not None else w
+                for w in cached]
+        try:
+            return base_copy(self, memo)
+        finally:
+            if cached is not None:
+                self.__dict__["_flat_weights"] = cached
+
+    deepcopy_detached._maskutils = True
+    cls.__deepcopy__ = deepcopy_detached
+
+
+def _register(places: list[tuple[nn.Module, str]], mask: torch.Tensor):
+    """Mask every place of one parameter with one shared ``Mask``; all or nothing.
+
+    Returns a function that undoes it exactly (masks, classes and parameter order).
+    """
+    existing = [_mask_modules(module, name) for module, name in places]
+    if all(existing) and len({id(e[-1]) for e in existing}) == 1:
+        buffer = existing[0][-1].mask
+        saved = buffer.clone()
+        with torch.no_grad():
+            buffer.mul_(mask)      # stack: intersect the one shared mask
+
+        def undo_stack():
+            with torch.no_grad():
+                buffer.copy_(saved)
+        return undo_stack
+    shared = Mask(mask)
+    done = []
+
+    def undo():
+        for module, name, order in reversed(done):
+            _unregister_last(module, name)
+            shared._holders -= 1
+            module._parameters = {k: module._parameters[k] for k in order
+                                  if k in module._parameters} | module._parameters
+
+    try:
+        for module, name in places:
+            order = list(module._parameters)
+            shared._registering = True
+            try:
+                parametrize.register_parametrization(module, name, shared)
+            finally:
+                shared._registering = False
+            shared._holders += 1
+            done.append((module, name, order))
+            _own_rnn_deepcopy(module)
+    except Exception:
+        undo()
+        raise
+    return undo
+
+
+def _unregister_last(module: nn.Module, name: str) -> None:
+    """Undo the last ``register_parametrization`` of ``module.<name>`` (a rollback)."""
+    plist = module.parametrizations[name]
+    own_parametrized_class(module)
+    if len(plist) == 1:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    else:
+        del plist[len(plist) - 1]
+
+
+def _tied_places(module: nn.Module, name: str, model: nn.Module | None, function: str):
+    """The places that hold ``module.<name>``: just it without ``model``, every one with it."""
+    if model is None:
+        return [(module, name)], []
+    _check_module(model)
+    stored = _stored(module, name)
+    places = _places(model).get(id(stored))
+    if not places or not any(m is module and n == name for _, m, n in places):
+        raise ValueError(
+            f"{function}: model= does not contain this {type(module).__name__}; pass the model "
+            "that the module belongs to (or leave model out)"
+        )
+    return [(m, n) for _, m, n in places], [_full(a, n) for a, _, n in places]
+
+
+def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight", *,
+               model: nn.Module | None = None) -> nn.Module:
     """Mask ``module.<name>``: afterwards it reads ``original * mask`` on every access.
 
     Masking an already masked parameter intersects the masks. Returns ``module``.
 
+    Under ``DistributedDataParallel``, mask before wrapping: a first mask registers a new
+    parameter that the wrapper never reduces, and ``apply_mask`` refuses a DDP wrapper. Masks
+    that exist before wrapping can be shrunk in place later (chapter 9).
+
+    A parameter can be tied: shared by several modules, like a language model's embedding and
+    output head. Pass the whole model as ``model=`` and every place that holds the parameter is
+    masked with one mask (the head and the embedding then read the same zeros). Without
+    ``model``, only ``module`` sees the mask: ``apply_mask`` cannot see the other places.
+    ``mask_layers`` always finds them. On any error nothing is changed.
+
     >>> layer = apply_mask(nn.Linear(2, 1), torch.tensor([[1.0, 0.0]]))
     >>> layer.weight[0, 1].item() == 0
     True
+    >>> emb = nn.Embedding(3, 2)
+    >>> tied = nn.ModuleDict({"embed": emb, "head": nn.Linear(2, 3, bias=False)})
+    >>> tied["head"].weight = emb.weight
+    >>> _ = apply_mask(tied["head"], torch.tensor([[1.0, 0], [0, 1], [1, 1]]), model=tied)
+    >>> torch.equal(tied["embed"].weight, tied["head"].weight)
+    True
     """
     _check_module(module)
+    _refuse_if_ddp_wrapped(module)
     current = _check_name(module, name)
     mask = check_mask(mask, current)
-    existing = _mask_modules(module, name)
-    if existing:
-        with torch.no_grad():
-            existing[-1].mask.mul_(mask)
-    else:
-        parametrize.register_parametrization(module, name, Mask(mask))
+    places, names = _tied_places(module, name, model, "apply_mask")
+    _check_tie_state(places, names)
+    _register(places, mask)
     return module
+
+
+def _check_tie_state(places, names) -> None:
+    """Every place of a tied parameter must be masked the same way before masking it again."""
+    if len(places) < 2:
+        return
+    masks = [_mask_modules(m, n) for m, n in places]
+    if all(masks) and len({id(x[-1]) for x in masks}) == 1:
+        return
+    if not any(masks) and not any(parametrize.is_parametrized(m, n) for m, n in places):
+        return
+    state = ", ".join(
+        f"{full} ({'masked' if ms else 'not masked'})" for full, ms in zip(names, masks))
+    raise ValueError(
+        f"one tied parameter is used in {len(places)} places that are not masked alike: {state}; "
+        "remove the masks first (remove_mask(..., bake=False, model=model)) and mask it once "
+        "with apply_mask(..., model=model) or mask_layers"
+    )
 
 
 def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
@@ -126,14 +346,26 @@ def own_parametrized_class(module: nn.Module) -> None:
     module.__class__ = type(cls.__name__, cls.__bases__, contents)
 
 
-def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True) -> nn.Module:
+def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True, *,
+                model: nn.Module | None = None) -> nn.Module:
     """Remove the mask of ``module.<name>`` and leave a plain ``Parameter`` (the same object).
 
     ``bake=True`` keeps the masked values (the module then loads into the unmasked
     architecture); ``bake=False`` restores the dense original, whatever the optimizer
     did to its masked entries while the mask was on. Returns ``module``.
+
+    Tied parameters: with ``model=`` the mask is removed from every place that shares the
+    parameter, and baking is refused if some place would see its values change (a place that
+    reads the parameter unmasked). A mask shared by tied places can be baked in one place
+    without ``model`` (the others keep reading the same values), but ``bake=False`` needs
+    ``model=`` so that no place is left reading different values from the others.
+
+    >>> layer = apply_mask(nn.Linear(2, 1), torch.tensor([[1.0, 0.0]]))
+    >>> remove_mask(layer).weight[0, 1].item()
+    0.0
     """
     _check_module(module)
+    _refuse_if_ddp_wrapped(module)
     _check_name(module, name)
     if not _mask_modules(module, name):
         raise ValueError(f"{type(module).__name__}.{name} has no mask to remove")
@@ -144,19 +376,50 @@ def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True) -> n
             f"{type(module).__name__}.{name} also has other parametrizations ({kinds}); "
             "remove those first (torch.nn.utils.parametrize.remove_parametrizations)"
         )
-    own_parametrized_class(module)  # copies made by deepcopy share the class
-    parametrize.remove_parametrizations(module, name, leave_parametrized=bool(bake))
+    mask_module = _mask_modules(module, name)[-1]
+    places, names = _tied_places(module, name, model, "remove_mask")
+    if model is not None and len(places) > 1:
+        unmasked = [full for (m, n), full in zip(places, names)
+                    if not any(x is mask_module for x in _mask_modules(m, n))]
+        if unmasked and bake:
+            here = next(full for (m, n), full in zip(places, names) if m is module and n == name)
+            raise ValueError(
+                f"{here} is tied to {unmasked}, which "
+                "read it unmasked: baking would write the mask's zeros into them too; mask "
+                "every place (apply_mask(..., model=model)) or remove with bake=False"
+            )
+        targets = [(m, n) for m, n in places
+                   if any(x is mask_module for x in _mask_modules(m, n))]
+    else:
+        if mask_module._holders > 1 and not bake:
+            raise ValueError(
+                f"{type(module).__name__}.{name} is tied: its mask is shared by "
+                f"{mask_module._holders} places; bake=False would leave this place dense while "
+                "the others stay masked; pass model=model to remove the mask everywhere"
+            )
+        targets = [(module, name)]
+    for m, n in targets:
+        own_parametrized_class(m)  # copies made by deepcopy share the class
+        parametrize.remove_parametrizations(m, n, leave_parametrized=bool(bake))
+        mask_module._holders -= 1
     return module
 
 
 def masked_parameters(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
-    """``{original parameter: mask}`` for every parameter of ``model`` masked by ``apply_mask``.
+    """``{original parameter: mask}`` for every parameter of ``model`` masked by ``apply_mask``,
+    whatever its name (``weight``, ``in_proj_weight``, ``weight_hh_l0``, a bias ...); a tied
+    parameter appears once.
 
     This is the dict that ``mask_gradients`` and ``project_after_step`` take.
+
+    >>> lstm = nn.LSTM(4, 4)
+    >>> _ = apply_mask(lstm, torch.ones(16, 4), name="weight_ih_l0")
+    >>> [tuple(p.shape) for p in masked_parameters(lstm)]
+    [(16, 4)]
     """
     _check_module(model)
     found = {}
-    for sub in model.modules():
+    for _, sub in _walk(model):
         if parametrize.is_parametrized(sub):
             for name, plist in sub.parametrizations.items():
                 masks = [p for p in plist if isinstance(p, Mask)]
@@ -165,23 +428,220 @@ def masked_parameters(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     return found
 
 
+def remove_masks(model: nn.Module, bake: bool = True) -> list[str]:
+    """Remove every ``apply_mask`` mask of ``model`` (tied places together); returns the names.
+
+    ``bake=True`` leaves plain parameters holding the masked values, the state that
+    ``save_pretrained``, ``torch.save(model.state_dict())`` into the unmasked architecture and
+    tied-weight helpers such as ``tie_weights()`` expect.
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> _ = mask_layers(model, 0.5)
+    >>> remove_masks(model)
+    ['0.weight', '2.weight']
+    """
+    _check_module(model)
+    todo = []
+    for mod_name, sub in _walk(model):
+        if parametrize.is_parametrized(sub):
+            for name in list(sub.parametrizations):
+                if _mask_modules(sub, name):
+                    todo.append((_full(mod_name, name), sub, name))
+    for full, sub, name in todo:
+        others = [p for p in sub.parametrizations[name] if not isinstance(p, Mask)]
+        if others:
+            raise ValueError(
+                f"{full} also has other parametrizations "
+                f"({', '.join(type(p).__name__ for p in others)}); remove those first"
+            )
+    for full, sub, name in todo:
+        if _mask_modules(sub, name):
+            own_parametrized_class(sub)
+            mask_module = _mask_modules(sub, name)[-1]
+            parametrize.remove_parametrizations(sub, name, leave_parametrized=bool(bake))
+            mask_module._holders -= 1
+    return [full for full, _, _ in todo]
+
+
+def load_dense_state_dict(model: nn.Module, state_dict: dict, strict: bool = True) -> nn.Module:
+    """Load a checkpoint of the *unmasked* architecture into a masked ``model``; keep the masks.
+
+    A dense checkpoint names a masked weight ``layer.weight``; the masked model stores it as
+    ``layer.parametrizations.weight.original`` (next to the mask buffer), so a plain
+    ``load_state_dict`` refuses it. This maps the names, checks every key and shape first
+    (nothing is loaded when one is wrong) and leaves the masks as they are, so the model reads
+    the loaded values times its masks. A tied parameter may be given under any of its names.
+
+    >>> dense = nn.Linear(4, 2)
+    >>> masked = apply_mask(nn.Linear(4, 2), torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]]))
+    >>> _ = load_dense_state_dict(masked, dense.state_dict())
+    >>> torch.equal(masked.weight, dense.weight * get_mask(masked))
+    True
+    """
+    _check_module(model)
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
+    current = model.state_dict(keep_vars=True)
+    plain_of = {}       # dense name -> the model's own key
+    for key in current:
+        if ".parametrizations." in f".{key}":
+            head, _, rest = f".{key}".partition(".parametrizations.")
+            pname, _, tail = rest.partition(".")
+            if tail == "original":
+                plain_of[_full(head[1:], pname)] = key
+            continue
+        plain_of[key] = key
+    group = {}          # the model's key -> every key holding the same tensor
+    by_tensor: dict[int, list[str]] = {}
+    for dense, key in plain_of.items():
+        by_tensor.setdefault(id(current[key]), []).append(dense)
+    for names in by_tensor.values():
+        for n in names:
+            group[n] = names
+    unexpected = [k for k in state_dict if k not in plain_of]
+    missing = [k for k in plain_of if not any(n in state_dict for n in group[k])]
+    wrong = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(current[plain_of[k]].shape)}"
+             for k, v in state_dict.items() if k in plain_of and isinstance(v, torch.Tensor)
+             and v.shape != current[plain_of[k]].shape]
+    if wrong or (strict and (unexpected or missing)):
+        raise ValueError(
+            "load_dense_state_dict: nothing loaded; "
+            + "; ".join(part for part in (
+                f"shapes differ: {wrong}" if wrong else "",
+                f"unexpected keys: {unexpected}" if strict and unexpected else "",
+                f"missing keys: {missing}" if strict and missing else "") if part)
+        )
+    sources = []
+    for names in by_tensor.values():
+        given = [n for n in names if n in state_dict]
+        if not given:
+            continue
+        first = state_dict[given[0]]
+        if any(not torch.equal(state_dict[n], first) for n in given[1:]):
+            raise ValueError(
+                f"load_dense_state_dict: nothing loaded; {given} are one tied parameter in "
+                "the model but hold different values in the checkpoint"
+            )
+        sources.append((current[plain_of[names[0]]], first))
+    with torch.no_grad():
+        for target, value in sources:
+            target.copy_(value)
+    return model
+
+
+# --- mask_layers ------------------------------------------------------------------------------
+
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+
+
+class MaskedLayers(dict):
+    """What ``mask_layers`` did: ``{parameter name: the new mask}``, plus the report.
+
+    Keys are parameter names as ``model.named_parameters()`` spells them (``"0.weight"``,
+    ``"encoder.layers.0.self_attn.in_proj_weight"``); for a layer's ``weight`` the layer's
+    own name works too (``masks["0"]``). ``left_out`` maps every weight with at least two
+    dimensions that was not masked to the reason; ``tied`` maps a masked parameter to its other
+    names (the places that share it and its mask).
+    """
+
+    def __init__(self, masks, left_out, tied):
+        super().__init__(masks)
+        self.left_out = dict(left_out)
+        self.tied = dict(tied)
+
+    def _alias(self, key):
+        if isinstance(key, str) and not dict.__contains__(self, key):
+            alias = _full(key, "weight")
+            if dict.__contains__(self, alias):
+                return alias
+        return key
+
+    def __missing__(self, key):
+        alias = self._alias(key)
+        if alias != key:
+            return dict.__getitem__(self, alias)
+        raise KeyError(key)
+
+    def __contains__(self, key):
+        return dict.__contains__(self, self._alias(key))
+
+    def get(self, key, default=None):
+        return dict.get(self, self._alias(key), default)
+
+    def report(self) -> str:
+        """The list of what was masked (with its sparsity), tied, and left out (with why)."""
+        lines = [f"masked {len(self)} parameter(s):"]
+        for name, mask in self.items():
+            removed = int((mask == 0).sum())
+            also = f"  (tied: also {', '.join(self.tied[name])})" if name in self.tied else ""
+            lines.append(f"  {name} {tuple(mask.shape)}: {removed / mask.numel():.0%} "
+                         f"of {mask.numel():,} removed{also}")
+        if self.left_out:
+            lines.append(f"left out {len(self.left_out)}:")
+            lines += [f"  {name}: {why}" for name, why in self.left_out.items()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.report()
+
+    __str__ = __repr__
+
+
+def _matcher(spec, what: str):
+    """A predicate ``(name, module) -> bool`` from patterns or a callable (None: no filter)."""
+    if spec is None:
+        return None
+    if callable(spec):
+        return spec
+    patterns = [spec] if isinstance(spec, str) else spec
+    try:
+        patterns = list(patterns)
+    except TypeError:
+        patterns = None
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"{what} must be a parameter-name pattern such as '*.attn.*', a list of them, or a "
+            f"function (name, module) -> bool, got {spec!r}"
+        )
+    return lambda name, module: any(
+        fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
 
 
 def mask_layers(model: nn.Module, sparsity: float, how: str = "magnitude",
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Mask the weight of every Linear and Conv layer of ``model`` at ``sparsity`` (layer-wise).
+                generator: torch.Generator | None = None, *, embeddings: bool | None = None,
+                include=None, exclude=None) -> MaskedLayers:
+    """Mask every weight matrix or kernel of ``model`` at ``sparsity`` (layer-wise).
+
+    Every parameter with at least two dimensions is masked, whatever module holds it: Linear,
+    Conv*d, ConvTranspose*d, Bilinear, ``nn.MultiheadAttention`` (``in_proj_weight`` or
+    ``q/k/v_proj_weight``, and ``out_proj``), RNN/LSTM/GRU (``weight_ih_l*``, ``weight_hh_l*``)
+    and any other module (``transformers``' ``Conv1D``). Biases and norms (1-D) are never
+    masked. Embeddings are masked only with ``embeddings=True``; by default (``None``) they are
+    left out with a warning, ``embeddings=False`` leaves them out quietly. ``include`` and
+    ``exclude`` (parameter-name patterns such as ``"*.attn.*"``, a list of them, or a function
+    ``(name, module) -> bool``) choose among the rest.
 
     ``how`` is ``"magnitude"`` (remove the smallest) or ``"random"``. Masks stack on any mask
-    already there. Returns ``{layer name: new mask}``.
+    already there. A tied parameter (shared by several modules) is masked once, with one mask
+    every place reads. Everything is checked before anything changes: on an error the model is
+    exactly as it was. Returns a ``MaskedLayers`` dict ``{parameter name: new mask}`` whose
+    ``left_out`` and ``tied`` say what was not masked (and why) and what is shared; printing it
+    gives the list.
 
     >>> model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> sorted(mask_layers(model, 0.5))
-    ['0', '2']
+    ['0.weight', '2.weight']
+    >>> lstm = nn.LSTM(4, 8)
+    >>> print(mask_layers(lstm, 0.5))
+    masked 2 parameter(s):
+      weight_ih_l0 (32, 4): 50% of 128 removed
+      weight_hh_l0 (32, 8): 50% of 256 removed
     """
     from .masks import check_sparsity, magnitude_mask, random_mask
 
     _check_module(model)
+    _refuse_if_ddp_wrapped(model)
     sparsity = check_sparsity(sparsity)
     builders = {
         "magnitude": lambda w: magnitude_mask(w, sparsity),
@@ -189,10 +649,53 @@ def mask_layers(model: nn.Module, sparsity: float, how: str = "magnitude",
     }
     if how not in builders:
         raise ValueError(f"how must be one of {sorted(builders)}, got {how!r}")
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, MASKABLE)}
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to mask")
-    masks = {name: builders[how](layer.weight.detach()) for name, layer in layers.items()}
-    for name, layer in layers.items():
-        apply_mask(layer, masks[name])
-    return masks
+    if embeddings is not None and not isinstance(embeddings, bool):
+        raise TypeError(f"embeddings must be True, False or None, got {embeddings!r}")
+    keep = _matcher(include, "include")
+    drop = _matcher(exclude, "exclude")
+
+    chosen, left_out, quiet, tied = [], {}, {}, {}
+    for places in _places(model).values():
+        mod_name, module, pname = places[0]
+        names = [_full(a, n) for a, _, n in places]
+        if getattr(module, pname).dim() < 2:
+            continue
+        if any(isinstance(m, EMBEDDINGS) for _, m, _ in places) and not embeddings:
+            why = "an embedding (pass embeddings=True to mask it)"
+            if len(names) > 1:
+                why += f"; tied to {', '.join(names[1:])}"
+            (left_out if embeddings is None else quiet)[names[0]] = why
+            continue
+        if keep is not None and not any(keep(n, m) for n, (_, m, _) in zip(names, places)):
+            quiet[names[0]] = "not matched by include"
+            continue
+        if drop is not None and any(drop(n, m) for n, (_, m, _) in zip(names, places)):
+            quiet[names[0]] = "matched by exclude"
+            continue
+        _check_tie_state([(m, n) for _, m, n in places], names)
+        chosen.append((names, [(m, n) for _, m, n in places]))
+        if len(names) > 1:
+            tied[names[0]] = names[1:]
+    if not chosen:
+        raise ValueError(
+            f"{type(model).__name__} has no weight to mask (no parameter with at least 2 "
+            f"dimensions{' left after include/exclude/embeddings' if left_out or quiet else ''})"
+            + (f"; left out: {sorted({**left_out, **quiet})}" if left_out or quiet else "")
+        )
+    masks = {}
+    for names, places in chosen:  # build every mask before masking anything
+        module, pname = places[0]
+        masks[names[0]] = builders[how](getattr(module, pname).detach())
+    undo = []
+    try:
+        for names, places in chosen:
+            undo.append(_register(places, masks[names[0]]))
+    except Exception:
+        for step in reversed(undo):
+            step()
+        raise
+    if left_out:
+        warnings.warn(
+            f"mask_layers left out {len(left_out)} weight(s) with at least 2 dimensions: "
+            + "; ".join(f"{k}: {v}" for k, v in left_out.items()), stacklevel=2)
+    return MaskedLayers(masks, {**left_out, **quiet}, tied)

@@ -86,54 +86,105 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return _remove(weight, order, _n_removed(weight.numel(), s))
 
 
-def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
-    """An N:M mask: in every group of ``m`` consecutive entries along the last dimension,
+def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, dim: int = 1) -> torch.Tensor:
+    """An N:M mask: in every group of ``m`` consecutive entries along dimension ``dim``,
     keep the ``n`` of largest magnitude (2:4 is what sparse tensor cores accelerate).
+
+    The groups must run along the input (reduction) dimension of the layer's matmul: that is
+    ``dim=1`` for ``nn.Linear`` (out, in) and ``nn.Conv*d`` (out, in, *kernel) weights, the
+    default, so a 3x3 convolution groups across input channels, not across its kernel width.
+    A layout that stores (in, out), such as ``transformers``' ``Conv1D``, passes ``dim=0``.
 
     >>> nm_mask(torch.tensor([[4.0, -1.0, 0.5, 3.0]]))
     tensor([[1., 0., 0., 1.]])
+    >>> conv = torch.randn(8, 4, 3, 3)                 # (out, in, kh, kw)
+    >>> bool((nm_mask(conv).sum(dim=1) == 2).all())   # 2 of every 4 input channels
+    True
     """
     weight = _check_tensor(weight, "weight")
-    for name, value in (("n", n), ("m", m)):
+    for name, value in (("n", n), ("m", m), ("dim", dim)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {value!r}")
     if not 1 <= n <= m:
         raise ValueError(f"need 1 <= n <= m for an N:M mask, got n={n}, m={m}")
-    if weight.dim() == 0 or weight.shape[-1] % m:
+    shape = tuple(weight.shape)
+    if not -weight.dim() <= dim < weight.dim():
         raise ValueError(
-            f"the last dimension of weight ({tuple(weight.shape)}) must be divisible by m={m}"
+            f"dim={dim} is out of range for a weight of shape {shape} ({weight.dim()} "
+            f"dimension(s)); pass the input dimension, e.g. dim=0 for a 1-D tensor"
+        )
+    if weight.shape[dim] % m:
+        raise ValueError(
+            f"dimension dim={dim} of weight {shape} has size {weight.shape[dim]}, which is not "
+            f"divisible by m={m}; choose a dim whose size is a multiple of {m} (the input "
+            f"dimension: 1 for Linear and Conv weights, 0 for an (in, out) layout)"
         )
     if weight.is_floating_point() and torch.isnan(weight).any():
         raise ValueError("weight contains NaN; magnitudes cannot be ranked")
-    groups = weight.detach().abs().reshape(-1, m)
+    moved = weight.detach().abs().movedim(dim, -1)
+    groups = moved.reshape(-1, m)
     keep = torch.topk(groups, n, dim=1).indices
     mask = torch.zeros_like(groups, dtype=_mask_dtype(weight))
     mask.scatter_(1, keep, 1.0)
-    return mask.view(weight.shape)
+    return mask.view(moved.shape).movedim(-1, dim).contiguous()
 
 
-def _weights(module: nn.Module):
-    for sub in module.modules():
-        w = getattr(sub, "weight", None)
-        if isinstance(w, torch.Tensor):
-            yield w
+def _is_parametrized(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "parametrizations", None), nn.ModuleDict)
+
+
+def _measured(module: nn.Module):
+    """Every tensor ``sparsity(module)`` measures, once each (tied parameters count once).
+
+    The ``weight`` of every layer that has one, every parameter with at least two dimensions
+    (``in_proj_weight``, ``weight_ih_l0``, ...) and every parametrized (masked) tensor whatever
+    its name, all as the layer reads them (masks applied). Parametrization internals (the stored
+    ``original``, mask buffers, gate logits) are not layers and are not measured.
+    """
+    seen: set[int] = set()
+    stack = [module]
+    while stack:
+        sub = stack.pop()
+        parametrized = _is_parametrized(sub)
+        names = [n for n, p in sub.named_parameters(recurse=False) if p.dim() >= 2]
+        if isinstance(getattr(sub, "weight", None), torch.Tensor):
+            names.append("weight")
+        if parametrized:
+            names += list(sub.parametrizations.keys())
+        for name in dict.fromkeys(names):
+            if parametrized and name in sub.parametrizations:
+                plist = sub.parametrizations[name]
+                key = id(plist.original) if hasattr(plist, "original") else id(plist)
+            else:
+                key = id(getattr(sub, name))
+            if key in seen:
+                continue
+            seen.add(key)
+            value = getattr(sub, name)
+            if isinstance(value, torch.Tensor):
+                yield value
+        stack.extend(child for cname, child in reversed(list(sub.named_children()))
+                     if not (parametrized and cname == "parametrizations"))
 
 
 def sparsity(x) -> float:
     """Fraction of exact zeros.
 
     For a tensor: over its entries. For a module: over the effective ``weight`` of every
-    layer that has one (masks applied, biases excluded).
+    layer that has one, every other weight with at least two dimensions (attention
+    ``in_proj_weight``, recurrent ``weight_ih_l0``, ...) and every masked parameter whatever
+    its name, all with masks applied; biases are excluded unless masked, and a parameter tied
+    between several layers counts once.
 
     >>> sparsity(torch.tensor([0.0, 1.0, 0.0, 2.0]))
     0.5
-    >>> sparsity(nn.Linear(3, 2)) 
+    >>> sparsity(nn.Linear(3, 2))
     0.0
     """
     if isinstance(x, nn.Module):
         zeros = total = 0
         with torch.no_grad():
-            for w in _weights(x):
+            for w in _measured(x):
                 zeros += int((w == 0).sum())
                 total += w.numel()
         if total == 0:

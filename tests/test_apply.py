@@ -428,3 +428,327 @@ def test_remove_mask_on_a_deepcopy_leaves_the_other_copies_working():
     assert out.shape == (2, 3)
     remove_mask(layer, bake=False)
     assert isinstance(layer.weight, nn.Parameter)
+
+
+# --- mask_layers on real architectures: coverage, report, include/exclude -----------------------
+
+from maskutils import (CharTransformerLM, MaskedLayers, load_dense_state_dict,  # noqa: E402
+                       mask_layers, remove_masks, sparsity)
+
+
+def _zoo():
+    torch.manual_seed(0)
+    return nn.ModuleDict({
+        "conv": nn.Conv2d(4, 8, 3), "convt": nn.ConvTranspose2d(8, 4, 3),
+        "bilinear": nn.Bilinear(4, 5, 3), "mha": nn.MultiheadAttention(8, 2),
+        "mha_kv": nn.MultiheadAttention(8, 2, kdim=4, vdim=4),
+        "lstm": nn.LSTM(4, 8), "gru": nn.GRU(4, 8, bidirectional=True), "rnn": nn.RNN(4, 4),
+        "norm": nn.LayerNorm(8), "linear": nn.Linear(8, 2), "embed": nn.Embedding(10, 4),
+    })
+
+
+def _weights_2d(model):
+    return {n for n, p in model.named_parameters() if p.dim() >= 2}
+
+
+def test_mask_layers_masks_every_weight_of_every_module_kind_and_names_the_embedding():
+    model = _zoo()
+    weights = _weights_2d(model)
+    with pytest.warns(UserWarning, match=r"left out 1 weight.*embed\.weight: an embedding"):
+        result = mask_layers(model, 0.5)
+    assert isinstance(result, MaskedLayers)
+    assert set(result) == weights - {"embed.weight"}
+    assert {"mha.in_proj_weight", "mha.out_proj.weight", "mha_kv.q_proj_weight",
+            "mha_kv.k_proj_weight", "lstm.weight_hh_l0", "gru.weight_ih_l0_reverse",
+            "convt.weight", "bilinear.weight"} <= set(result)
+    assert result.left_out == {"embed.weight": "an embedding (pass embeddings=True to mask it)"}
+    for name in result:
+        module_name, _, pname = name.rpartition(".")
+        layer = model.get_submodule(module_name)
+        assert torch.equal(get_mask(layer, pname), result[name])
+        assert sparsity(getattr(layer, pname)) == pytest.approx(0.5, abs=0.01)
+    assert len(masked_parameters(model)) == len(result)
+    assert "mha.in_proj_weight (24, 8): 50% of 192 removed" in str(result)
+
+
+def test_mask_layers_embeddings_true_masks_them_and_false_leaves_them_quietly():
+    import warnings as w
+
+    model = _zoo()
+    weights = _weights_2d(model)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        quiet = mask_layers(copy.deepcopy(model), 0.5, embeddings=False)
+    assert "embed.weight" not in quiet and "embed.weight" in quiet.left_out
+    loud = mask_layers(model, 0.5, embeddings=True)
+    assert set(loud) == weights and get_mask(model["embed"]) is not None
+    with pytest.raises(TypeError, match="embeddings must be True, False or None"):
+        mask_layers(nn.Linear(4, 4), 0.5, embeddings="yes")
+
+
+def test_mask_layers_include_and_exclude_by_pattern_or_predicate():
+    model = _zoo()
+    only = mask_layers(model, 0.5, include="mha*", embeddings=False)
+    assert set(only) == {"mha.in_proj_weight", "mha.out_proj.weight", "mha_kv.q_proj_weight",
+                         "mha_kv.k_proj_weight", "mha_kv.v_proj_weight", "mha_kv.out_proj.weight"}
+    assert only.left_out["conv.weight"] == "not matched by include"
+    model = _zoo()
+    some = mask_layers(model, 0.5, exclude=["lstm", "gru.*"], embeddings=False)
+    assert not any(n.startswith(("lstm.", "gru.")) for n in some)
+    assert "rnn.weight_ih_l0" in some
+    model = _zoo()
+    convs = mask_layers(model, 0.5, include=lambda name, module: isinstance(module, nn.Conv2d),
+                        embeddings=False)
+    assert list(convs) == ["conv.weight"]
+    with pytest.raises(TypeError, match="include must be a parameter-name pattern"):
+        mask_layers(model, 0.5, include=3)
+
+
+def test_mask_layers_result_still_answers_to_a_layer_name():
+    model = digits_mlp(hidden=(8,))
+    result = mask_layers(model, 0.5)
+    assert list(result) == ["layers.0.weight", "layers.2.weight"]
+    assert result["layers.0"] is result["layers.0.weight"]
+    assert "layers.2" in result and result.get("layers.2") is result["layers.2.weight"]
+    assert "layers.1" not in result and result.get("layers.1") is None
+    with pytest.raises(KeyError):
+        result["layers.1"]
+
+
+def test_mask_layers_on_a_model_without_weights_is_a_value_error(left_alone):
+    model = nn.Sequential(nn.ReLU(), nn.LayerNorm(3))
+    with left_alone(model), pytest.raises(ValueError, match="no weight to mask"):
+        mask_layers(model, 0.5)
+    embed = nn.Embedding(4, 3)
+    with left_alone(embed), pytest.raises(ValueError, match=r"left out: \['weight'\]"):
+        mask_layers(embed, 0.5, embeddings=False)
+
+
+# --- all or nothing -------------------------------------------------------------------------
+
+def _module_classes(model):
+    return [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(sparsity=1.5), dict(how="largest"), dict(include=[1]), dict(embeddings=1)])
+def test_mask_layers_bad_arguments_change_nothing(left_alone, bad):
+    model = _zoo()
+    kwargs = {"sparsity": 0.5, **bad}
+    classes = _module_classes(model)
+    with left_alone(model), pytest.raises((ValueError, TypeError)):
+        mask_layers(model, **kwargs)
+    assert _module_classes(model) == classes
+
+
+def test_mask_layers_failing_half_way_leaves_the_model_exactly_as_it_was(left_alone, monkeypatch):
+    import maskutils.apply as apply_module
+
+    model = _zoo()
+    mask_layers(model, 0.3, include="conv", embeddings=False)   # one mask already there
+    classes = _module_classes(model)
+    calls = []
+    real = apply_module._register
+
+    def fail_on_the_fifth(places, mask):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("disk full")
+        return real(places, mask)
+
+    monkeypatch.setattr(apply_module, "_register", fail_on_the_fifth)
+    with left_alone(model), pytest.raises(RuntimeError, match="disk full"):
+        mask_layers(model, 0.6, embeddings=False)
+    assert len(calls) == 5
+    assert _module_classes(model) == classes
+    assert list(masked_parameters(model)) == [model["conv"].parametrizations.weight.original]
+
+
+def test_apply_mask_on_a_tied_parameter_masked_in_one_place_only_is_refused(left_alone):
+    model = _tied()
+    apply_mask(model["head"], _mask((6, 4)))          # without model=: only the head sees it
+    with left_alone(model), pytest.raises(ValueError, match=r"not masked alike.*embed\.weight"):
+        apply_mask(model["head"], _mask((6, 4), seed=3), model=model)
+    with left_alone(model), pytest.raises(ValueError, match=r"not masked alike"):
+        mask_layers(model, 0.5, embeddings=True)
+
+
+# --- tied parameters ------------------------------------------------------------------------
+
+def _tied():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"embed": nn.Embedding(6, 4), "head": nn.Linear(4, 6, bias=False)})
+    model["head"].weight = model["embed"].weight
+    return model
+
+
+def test_a_tied_parameter_is_masked_once_and_every_place_reads_the_mask():
+    model = _tied()
+    with pytest.raises(ValueError, match=r"no weight to mask.*left out: \['embed\.weight'\]"):
+        mask_layers(model, 0.5)                       # the tie is an embedding: left out
+    result = mask_layers(model, 0.5, embeddings=True)
+    assert list(result) == ["embed.weight"] and result.tied == {"embed.weight": ["head.weight"]}
+    assert get_mask(model["embed"]) is get_mask(model["head"])
+    assert torch.equal(model["embed"].weight, model["head"].weight)
+    assert len(masked_parameters(model)) == 1
+    assert sparsity(model) == 0.5
+    ids = torch.tensor([0, 1, 2, 3, 4, 5])
+    logits = model["head"](model["embed"](ids))
+    logits.sum().backward()
+    original = model["embed"].parametrizations.weight.original
+    assert original is model["head"].parametrizations.weight.original
+    assert (original.grad[result["embed.weight"] == 0] == 0).all()
+
+
+def test_apply_mask_with_model_masks_every_place_of_a_tied_parameter():
+    model = _tied()
+    mask = _mask((6, 4))
+    apply_mask(model["head"], mask, model=model)
+    assert torch.equal(get_mask(model["embed"]), mask)
+    assert (model["embed"].weight[mask == 0] == 0).all()
+
+
+def test_baking_a_tied_mask_keeps_the_tie_and_changes_no_unmasked_place():
+    model = _tied()
+    mask_layers(model, 0.5, embeddings=True)
+    expected = model["embed"].weight.detach().clone()
+    remove_mask(model["head"])                        # bake in one place: the other agrees
+    assert torch.equal(model["embed"].weight, expected)
+    assert torch.equal(model["head"].weight, expected)
+    assert remove_masks(model) == ["embed.weight"]
+    assert model["head"].weight is model["embed"].weight
+    assert torch.equal(model["embed"].weight, expected)
+
+
+def test_bake_false_on_one_place_of_a_tie_needs_the_model(left_alone):
+    model = _tied()
+    mask_layers(model, 0.5, embeddings=True)
+    with left_alone(model), pytest.raises(ValueError, match="pass model=model"):
+        remove_mask(model["head"], bake=False)
+    remove_mask(model["head"], bake=False, model=model)
+    assert not parametrize.is_parametrized(model["embed"])
+    assert model["head"].weight is model["embed"].weight and sparsity(model) == 0.0
+
+
+def test_baking_a_tie_masked_in_one_place_is_refused_with_the_model(left_alone):
+    model = _tied()
+    apply_mask(model["head"], _mask((6, 4)))          # the embedding reads it unmasked
+    with left_alone(model), pytest.raises(ValueError, match=r"tied to \['embed\.weight'\]"):
+        remove_mask(model["head"], model=model)
+    dense = model["embed"].weight.detach().clone()
+    remove_mask(model["head"], bake=False, model=model)
+    assert torch.equal(model["embed"].weight, dense)
+
+
+def test_char_transformer_lm_tie_is_masked_once():
+    lm = CharTransformerLM(vocab_size=12, d_model=8, n_heads=2, n_layers=1, max_len=6)
+    result = mask_layers(lm, 0.5, embeddings=True)
+    assert result.tied == {"embed.weight": ["head.weight"]}
+    assert torch.equal(lm.head.weight, lm.embed.weight)
+    assert "blocks.layers.0.self_attn.in_proj_weight" in result
+
+
+# --- copies, assignment, initialisation ----------------------------------------------------
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_deepcopy_and_averaged_model_of_a_masked_rnn_after_a_training_forward(kind):
+    torch.manual_seed(0)
+    rnn = kind(4, 8, num_layers=2)
+    mask_layers(rnn, 0.5)
+    out = rnn(torch.randn(5, 3, 4))[0]
+    out.square().mean().backward()
+    twin = copy.deepcopy(rnn)
+    avg = AveragedModel(rnn)
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(twin(x)[0], rnn(x)[0], rtol=0, atol=0)
+    torch.testing.assert_close(avg.module(x)[0], rnn(x)[0], rtol=0, atol=0)
+    with torch.no_grad():
+        twin.parametrizations.weight_ih_l0.original.add_(1.0)
+    assert not torch.equal(twin(x)[0], rnn(x)[0])                 # independent
+    assert (twin.weight_ih_l0[get_mask(twin, "weight_ih_l0") == 0] == 0).all()
+    out = rnn(x)[0]                                               # the source still trains
+    out.sum().backward()
+
+
+def test_assigning_a_masked_weight_sets_the_stored_original():
+    layer = _masked_linear()
+    mask = get_mask(layer)
+    new = torch.randn(4, 6)
+    layer.weight = new
+    original = layer.parametrizations.weight.original
+    assert torch.equal(original, new) and original.data_ptr() != new.data_ptr()
+    assert torch.equal(layer.weight, new * mask)
+    with pytest.raises(ValueError, match=r"shape \(4, 6\) to a tensor of shape \(3, 3\)"):
+        layer.weight = torch.randn(3, 3)
+
+
+def test_in_place_init_of_a_masked_weight_reaches_only_a_temporary():
+    layer = _masked_linear()
+    before = layer.parametrizations.weight.original.detach().clone()
+    with torch.no_grad():
+        nn.init.zeros_(layer.weight)                 # a temporary: original * mask
+    assert torch.equal(layer.parametrizations.weight.original, before)
+    nn.init.zeros_(layer.parametrizations.weight.original)   # the right target
+    assert (layer.weight == 0).all()
+
+
+# --- the eval fast path, checkpoints --------------------------------------------------------
+
+def test_transformer_encoder_eval_fast_path_honours_the_mask():
+    torch.manual_seed(0)
+    block = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(block, 2, enable_nested_tensor=False).eval()
+    result = mask_layers(encoder, 0.5)
+    assert "layers.0.self_attn.in_proj_weight" in result
+    x = torch.randn(3, 5, 16)
+    slow = encoder(x)                                  # grad enabled: the Python path
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fast = encoder(x)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_transformer_encoder_layer_fwd" in ops   # the fused fast path ran
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():                              # masked raw values must not leak in
+        for param, mask in masked_parameters(encoder).items():
+            param.add_(1e3 * (1 - mask))
+        again = encoder(x)
+    torch.testing.assert_close(again, fast, rtol=0, atol=0)
+
+
+def test_a_dense_checkpoint_loads_into_a_masked_model_and_keeps_the_masks(left_alone):
+    torch.manual_seed(0)
+    dense = _tied()
+    masked = _tied()
+    mask_layers(masked, 0.5, embeddings=True)
+    masks = {k: v.clone() for k, v in masked.state_dict().items() if k.endswith(".mask")}
+    checkpoint = dense.state_dict()
+    del checkpoint["head.weight"]                      # a tied name may be given once
+    load_dense_state_dict(masked, checkpoint)
+    for key, mask in masks.items():
+        assert torch.equal(masked.state_dict()[key], mask)
+    assert torch.equal(masked["head"].weight, dense["head"].weight * get_mask(masked["head"]))
+    bad = dict(checkpoint, **{"embed.weight": torch.zeros(5, 4)})
+    with left_alone(masked), pytest.raises(ValueError, match=r"nothing loaded; shapes differ"):
+        load_dense_state_dict(masked, bad)
+    with left_alone(masked), pytest.raises(ValueError, match=r"unexpected keys: \['extra'\]"):
+        load_dense_state_dict(masked, dict(checkpoint, extra=torch.zeros(1)))
+    with left_alone(masked), pytest.raises(ValueError, match=r"missing keys: \['embed\.weight'"):
+        load_dense_state_dict(masked, {})
+
+
+def test_a_plain_load_state_dict_of_a_dense_checkpoint_into_a_masked_model_fails_loudly():
+    masked = _masked_mlp()
+    with pytest.raises(RuntimeError, match="Missing key"):
+        masked.load_state_dict(digits_mlp(hidden=(16,)).state_dict())
+
+
+def test_pickling_a_whole_masked_model_is_refused_and_the_state_dict_route_works():
+    model = _masked_mlp()
+    with pytest.raises(RuntimeError, match="only supported through state_dict"):
+        torch.save(model, io.BytesIO())
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    twin = _masked_mlp(seed=3, mask_seed=9)
+    twin.load_state_dict(torch.load(buffer))
+    x = torch.randn(2, 64)
+    assert torch.equal(twin(x), model(x))

@@ -93,28 +93,50 @@ def test_magnitude_mask_of_a_parameter_is_not_part_of_the_graph():
 def nm_cases(draw):
     m = draw(st.integers(1, 8))
     n = draw(st.integers(1, m))
-    lead = draw(st.lists(st.integers(1, 4), min_size=0, max_size=2))
-    groups = draw(st.integers(1, 4))
-    return tuple(lead) + (groups * m,), n, m, draw(seeds)
+    shape = draw(st.lists(st.integers(1, 4), min_size=0, max_size=3))
+    dim = draw(st.integers(0, len(shape)))
+    shape.insert(dim, draw(st.integers(1, 4)) * m)
+    if draw(st.booleans()):
+        dim -= len(shape)                      # the same dimension, counted from the end
+    return tuple(shape), n, m, dim, draw(seeds)
 
 
 @FAST
 @given(nm_cases(), st.sampled_from([torch.float32, torch.float64, torch.float16]))
-def test_nm_mask_keeps_exactly_n_largest_in_every_group_of_m(case, dtype):
-    shape, n, m, seed = case
+def test_nm_mask_keeps_exactly_n_largest_in_every_group_of_m_along_dim(case, dtype):
+    shape, n, m, dim, seed = case
     w = _weight(shape, seed, dtype)
-    mask = nm_mask(w, n=n, m=m)
+    mask = nm_mask(w, n=n, m=m, dim=dim)
     assert mask.shape == w.shape and mask.dtype == dtype and _is_binary(mask)
-    groups, kept = w.abs().reshape(-1, m), mask.reshape(-1, m)
+    groups = w.abs().movedim(dim, -1).reshape(-1, m)
+    kept = mask.movedim(dim, -1).reshape(-1, m)
     assert torch.equal(kept.sum(dim=1), torch.full((groups.shape[0],), float(n), dtype=dtype))
     for g, k in zip(groups, kept):
         if n < m:
             assert g[k == 0].max() <= g[k == 1].min()
 
 
-def test_nm_mask_groups_run_along_the_last_dimension():
-    w = torch.tensor([[4.0, -1.0, 0.5, 3.0, 0.1, 0.2, 9.0, -8.0]])
+def test_nm_mask_of_a_linear_weight_groups_its_input_dimension():
+    w = torch.tensor([[4.0, -1.0, 0.5, 3.0, 0.1, 0.2, 9.0, -8.0]])   # (out=1, in=8)
     assert nm_mask(w).tolist() == [[1, 0, 0, 1, 0, 0, 1, 1]]
+    assert torch.equal(nm_mask(w), nm_mask(w, dim=-1))
+
+
+def test_nm_mask_of_a_3x3_conv_groups_input_channels_not_the_kernel_width():
+    conv = nn.Conv2d(8, 4, kernel_size=3)          # weight (out=4, in=8, 3, 3)
+    mask = nm_mask(conv.weight, n=2, m=4)
+    assert mask.shape == conv.weight.shape
+    by_channel = mask.reshape(4, 2, 4, 3, 3).sum(dim=2)   # groups of 4 input channels
+    assert (by_channel == 2).all()
+    # every (out, kh, kw) position keeps half of its input channels
+    assert (mask.sum(dim=1) == 4).all()
+
+
+def test_nm_mask_dim_0_serves_an_in_out_layout_like_conv1d():
+    w = torch.randn(8, 6)                          # transformers' Conv1D: (in=8, out=6)
+    mask = nm_mask(w, dim=0)
+    assert torch.equal(mask, nm_mask(w.t().contiguous()).t())
+    assert (mask.reshape(2, 4, 6).sum(dim=1) == 2).all()
 
 
 def test_nm_mask_of_a_transposed_weight_follows_its_logical_layout():
@@ -122,9 +144,19 @@ def test_nm_mask_of_a_transposed_weight_follows_its_logical_layout():
     assert torch.equal(nm_mask(w.t()), nm_mask(w.t().contiguous()))
 
 
-def test_nm_mask_rejects_last_dimension_not_divisible_by_m():
-    with pytest.raises(ValueError, match=r"last dimension.*divisible by m=4"):
+def test_nm_mask_names_the_dimension_that_is_not_divisible_by_m():
+    with pytest.raises(ValueError, match=r"dimension dim=1 of weight \(3, 6\) has size 6.*m=4"):
         nm_mask(torch.randn(3, 6), n=2, m=4)
+    with pytest.raises(ValueError, match=r"dim=1 of weight \(4, 3, 3, 3\) has size 3"):
+        nm_mask(torch.randn(4, 3, 3, 3))            # a conv with 3 input channels
+
+
+def test_nm_mask_rejects_a_dim_out_of_range_and_a_non_integer_dim():
+    with pytest.raises(ValueError, match=r"dim=1 is out of range.*shape \(8,\)"):
+        nm_mask(torch.randn(8))
+    assert nm_mask(torch.tensor([3.0, 1.0, 2.0, 0.0]), dim=0).tolist() == [1, 0, 1, 0]
+    with pytest.raises(TypeError, match="dim must be an int"):
+        nm_mask(torch.randn(4, 8), dim=1.0)
 
 
 @pytest.mark.parametrize("n, m", [(5, 4), (0, 4), (-1, 4)])
@@ -218,3 +250,44 @@ def test_sparsity_of_an_unmasked_linear_is_zero():
 def test_sparsity_means_removed_fraction_not_kept_fraction():
     w = torch.randn(10, 10).abs() + 0.1
     assert math.isclose(sparsity(w * magnitude_mask(w, 0.9)), 0.9)
+
+
+def test_sparsity_of_a_module_counts_a_masked_in_proj_weight():
+    mha = nn.MultiheadAttention(8, 2)
+    apply_mask(mha, torch.zeros(24, 8), name="in_proj_weight")
+    total = 24 * 8 + 8 * 8                      # in_proj_weight and out_proj.weight
+    assert sparsity(mha) == pytest.approx(24 * 8 / total)
+
+
+def test_sparsity_of_an_lstm_counts_its_weights_masked_or_not():
+    lstm = nn.LSTM(4, 4)
+    assert sparsity(lstm) == 0.0                # no error: weight_ih/hh are weights
+    apply_mask(lstm, torch.zeros(16, 4), name="weight_ih_l0")
+    assert sparsity(lstm) == pytest.approx(0.5)
+
+
+def test_sparsity_counts_any_masked_parameter_and_a_tied_one_once():
+    model = nn.ModuleDict({"embed": nn.Embedding(6, 4), "head": nn.Linear(4, 6, bias=False)})
+    model["head"].weight = model["embed"].weight
+    with torch.no_grad():
+        model["embed"].weight.uniform_(1.0, 2.0)
+    assert sparsity(model) == 0.0
+    keep = torch.ones(6, 4)
+    keep[:3] = 0
+    apply_mask(model["head"], keep, model=model)
+    assert sparsity(model) == 0.5               # 24 entries once, not 48
+    bias = nn.Linear(3, 2)
+    with torch.no_grad():
+        bias.weight.fill_(1.0)
+    apply_mask(bias, torch.tensor([0.0, 1.0]), name="bias")
+    assert sparsity(bias) == pytest.approx(1 / 8)   # a masked bias counts
+
+
+def test_sparsity_ignores_parametrization_internals():
+    from maskutils.learnable import apply_learnable_mask
+
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    apply_learnable_mask(layer, gate="ste", init_logit=-3.0)   # every gate closed
+    assert sparsity(layer) == 1.0               # the logits (non-zero) are not a layer weight
