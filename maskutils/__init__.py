@@ -15,6 +15,7 @@ from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_spars
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import CharTransformerLM, DigitsMLP, digits_mlp
 from .pruning import gradual_magnitude_prune
+from .structured import count_parameters, dead_units, prune_units, shrink
 from .swa import check_fixed_masks, fit_swa
 from .train import evaluate, evaluate_loss, fit
 
@@ -31,6 +32,7 @@ __all__ = [
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "CharTransformerLM", "DigitsMLP", "digits_mlp",
     "gradual_magnitude_prune",
+    "count_parameters", "dead_units", "prune_units", "shrink",
     "check_fixed_masks", "fit_swa",
     "evaluate", "evaluate_loss", "fit",
 ]

@@ -14,30 +14,44 @@ each variant once, in a rotating order), so drift and background load hit all of
 >>> "x dense" in format_table(result)
 True
 
+``python -m maskutils.bench --inference`` answers the other question, what pruning buys at
+inference: it trains the wide digits MLP (64 -> 1024 -> 1024 -> 10) and prints dense, masked
+(unstructured), CSR and shrunk (structured) side by side, with the milliseconds per batch,
+the bytes on disk and the test accuracy of each (``run_inference_benchmark``). The helpers it
+uses are public: ``inference_times``, ``csr_model``, ``plain_state``, ``storage_bytes`` and
+``crossover_sparsity``.
+
 Command line (``--help`` lists the options)::
 
     python -m maskutils.bench                      # 3 x Linear(1024), batch 32 and 256
     python -m maskutils.bench --batch-sizes 64 --json
+    python -m maskutils.bench --inference          # dense / masked / CSR / shrunk
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import gc
+import inspect
+import io
 import json
+import math
 import numbers
 import statistics
 import sys
 import time
 import warnings
+import zipfile
 from typing import Callable
+
+import numpy as np
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
-from .apply import apply_mask
+from .apply import apply_mask, own_parametrized_class
 from .device import banner, get_device
 from .hooks import mask_gradients, project_after_step
 from .masks import check_sparsity, magnitude_mask
@@ -371,14 +385,427 @@ def matmul_sweep(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), size: int = 
     return out
 
 
+# ---------------------------------------------------------------- sparse storage on disk
+FORMATS = ("dense", "csr", "bitmask")
+"""The storage formats of ``storage_bytes``: every weight of two or more dimensions as a dense
+tensor, as CSR (int32 indices), or as a bitmask of the kept entries plus their values."""
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{name: tensor}`` of what ``model`` computes with: every parameter and buffer, masked
+    or gated weights as their effective values (eval mode), no masks and no logits. The keys
+    are those of the unmasked model's ``state_dict``.
+
+    >>> from maskutils import apply_mask
+    >>> layer = apply_mask(nn.Linear(2, 1), torch.tensor([[1.0, 0.0]]))
+    >>> sorted(plain_state(layer)), bool(plain_state(layer)["weight"][0, 1] == 0)
+    (['bias', 'weight'], True)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    out = {}
+    try:
+        with torch.no_grad():
+            for prefix, module in model.named_modules():
+                if "parametrizations" in prefix.split("."):
+                    continue
+                names = []  # a weight before its bias, as in an unmasked state_dict
+                if parametrize.is_parametrized(module):
+                    names += list(module.parametrizations.keys())
+                names += list(module._parameters) + list(module._buffers)
+                for name in names:
+                    value = getattr(module, name)
+                    if value is not None:
+                        out[f"{prefix}.{name}" if prefix else name] = value.detach().clone()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return out
+
+
+def _csr32(t: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
+        warnings.filterwarnings("ignore", message=".*[Ss]parse")
+        csr = t.to_sparse_csr()
+        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32),
+                                       csr.col_indices().to(torch.int32), csr.values(),
+                                       t.shape)
+
+
+def _encode(state: dict, fmt: str) -> dict:
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {list(FORMATS)}, got {fmt!r}")
+    out = {}
+    for name, t in state.items():
+        t = t.detach().cpu()
+        if fmt == "dense" or t.dim() < 2 or not t.is_floating_point():
+            out[name] = t
+        elif fmt == "csr":
+            out[name] = _csr32(t.reshape(t.shape[0], -1))
+        else:
+            keep = t != 0
+            bits = np.packbits(keep.flatten().numpy())
+            out[name] = {"shape": tuple(t.shape), "bits": torch.from_numpy(bits),
+                         "values": t[keep]}
+    return out
+
+
+def storage_bytes(model_or_state, fmt: str = "dense", compress: bool = False) -> int:
+    """Bytes of ``torch.save`` of a model's weights in format ``fmt`` (``FORMATS``), written to
+    memory; ``compress=True`` then deflates them into a zip file (``zipfile.ZIP_DEFLATED``).
+
+    ``model_or_state``: a module (its ``plain_state``) or a dict of tensors (saved as given, so
+    ``storage_bytes(model.state_dict())`` is the size of an ordinary checkpoint, masks and
+    all). ``"csr"`` stores each weight of two or more dimensions with ``to_sparse_csr`` and
+    int32 indices (4 bytes a value, 4 an index, 4 a row); ``"bitmask"`` stores one bit per
+    entry plus the kept values. Biases and buffers stay dense.
+
+    >>> w = {"w": torch.zeros(100, 100)}
+    >>> storage_bytes(w) > storage_bytes(w, "csr") > storage_bytes(w, "dense", compress=True)
+    True
+    """
+    state = plain_state(model_or_state) if isinstance(model_or_state, nn.Module) \
+        else model_or_state
+    if not isinstance(state, dict):
+        raise TypeError("model_or_state must be an nn.Module or a dict {name: tensor}")
+    buffer = io.BytesIO()
+    torch.save(_encode(state, fmt), buffer)
+    raw = buffer.getvalue()
+    if not compress:
+        return len(raw)
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("weights.pt", raw)
+    return len(packed.getvalue())
+
+
+# ---------------------------------------------------------------- CSR weights for inference
+class CSRLinear(nn.Module):
+    """A ``Linear`` whose weight is a sparse CSR tensor: only the non-zeros are multiplied.
+
+    >>> dense = nn.Linear(4, 3)
+    >>> sparse = CSRLinear(dense)
+    >>> x = torch.randn(2, 4)
+    >>> torch.allclose(sparse(x), dense(x), atol=1e-6)
+    True
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"CSRLinear takes an nn.Linear, got {type(linear).__name__}")
+        with torch.no_grad():
+            self.weight = _csr32(linear.weight.detach().clone())
+            self.bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def extra_repr(self) -> str:
+        nnz = int(self.weight.values().numel())
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={nnz}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = (self.weight @ flat.t()).t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def csr_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for inference with every ``nn.Linear`` replaced by a ``CSRLinear``
+    holding its effective (masked) weight; ``model`` is not changed.
+
+    >>> from maskutils import apply_mask
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> _ = apply_mask(model[0], (torch.rand(4, 4) > 0.5).float())
+    >>> x = torch.randn(3, 4)
+    >>> torch.allclose(csr_model(model)(x), model(x), atol=1e-6)
+    True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    with torch.no_grad():
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            swaps = {name: CSRLinear(m) for name, m in model.named_modules()
+                     if isinstance(m, nn.Linear)}
+        finally:
+            for m, mode in modes:
+                m.training = mode
+    if not swaps:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to store as CSR")
+    plain = copy.deepcopy(model)
+    for sub in list(plain.modules()):  # drop masks: CSRLinear holds the effective weights
+        if parametrize.is_parametrized(sub):
+            own_parametrized_class(sub)  # the copy shares its class with the original
+            for name in list(sub.parametrizations.keys()):
+                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
+    for name, layer in swaps.items():
+        if not name:
+            return layer
+        parent, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent) if parent else plain, child, layer)
+    return plain
+
+
+# ---------------------------------------------------------------- timing inference
+def inference_times(models: dict, batch_sizes=(1, 256), n_in: int | None = None,
+                    rounds: int = 10, calls_per_round=None, device=None,
+                    seed: int = 0) -> dict:
+    """Median seconds per forward pass of each model at each batch size, under
+    ``torch.inference_mode()``, all models timed in the same interleaved rounds.
+
+    - ``models``: ``{name: module}`` (each put in eval mode for the timing, mode restored).
+    - ``n_in``: input features (default: ``in_features`` of the first Linear found).
+    - ``calls_per_round``: forward passes per model per round; by default
+      ``max(1, 32 // batch)``, so the tiny batch-1 calls are timed over several passes.
+
+    Returns ``{name: {batch: median seconds}}``.
+
+    >>> t = inference_times({"a": nn.Linear(4, 2)}, batch_sizes=(1, 8), rounds=2)
+    >>> sorted(t["a"]), all(v > 0 for v in t["a"].values())
+    ([1, 8], True)
+    """
+    if not isinstance(models, dict) or not models or not all(
+            isinstance(m, nn.Module) for m in models.values()):
+        raise ValueError("models must be a non-empty dict {name: nn.Module}")
+    sizes = _batch_sizes(batch_sizes)
+    rounds = _positive_int(rounds, "rounds")
+    device = _device(device)
+    if n_in is None:
+        first = next((m for model in models.values() for m in model.modules()
+                      if isinstance(m, (nn.Linear, CSRLinear))), None)
+        if first is None:
+            raise ValueError("no Linear layer found; give n_in, the number of input features")
+        n_in = first.in_features
+    n_in = _positive_int(n_in, "n_in")
+    generator = torch.Generator().manual_seed(seed)
+    modes = [(m, m.training) for model in models.values() for m in model.modules()]
+    out: dict = {name: {} for name in models}
+    try:
+        for model in models.values():
+            model.eval()
+        for batch in sizes:
+            per_round = calls_per_round or max(1, 32 // batch)
+            x = torch.randn(batch, n_in, generator=generator).to(device)
+
+            def call(model, x=x):
+                with torch.inference_mode():
+                    model(x)
+
+            calls = {name: (lambda m=model: call(m)) for name, model in models.items()}
+            times = time_interleaved(calls, rounds=rounds, calls_per_round=per_round,
+                                     device=device)
+            for name in models:
+                out[name][batch] = statistics.median(times[name])
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return out
+
+
+def crossover_sparsity(sparsities, dense_s, sparse_s) -> float | None:
+    """The sparsity at which the sparse time first falls below the dense time, interpolated
+    linearly in the log of the time ratio between the two measured levels around it; the
+    first level if sparse already wins there; ``None`` if it never wins in the range.
+
+    >>> crossover_sparsity([0.5, 0.9], [1.0, 1.0], [2.0, 0.5])
+    0.7
+    """
+    xs, ds, ss = list(sparsities), list(dense_s), list(sparse_s)
+    if not (len(xs) == len(ds) == len(ss)) or not xs:
+        raise ValueError("sparsities, dense_s and sparse_s must be non-empty and of one length")
+    logs = [math.log(s / d) for d, s in zip(ds, ss)]
+    if logs[0] < 0:
+        return float(xs[0])
+    for i in range(1, len(xs)):
+        if logs[i] < 0:
+            t = logs[i - 1] / (logs[i - 1] - logs[i])
+            return round(float(xs[i - 1] + t * (xs[i] - xs[i - 1])), 6)
+    return None
+
+
+# ---------------------------------------------------------------- the inference benchmark
+INFERENCE_VARIANTS = ("dense", "masked", "csr", "shrunk")
+"""The rows of the inference table, in order."""
+
+INFERENCE_DESCRIPTIONS = {
+    "dense": "the trained dense model",
+    "masked": "apply_mask, unstructured (gradual magnitude pruning)",
+    "csr": "the masked weights stored as CSR (csr_model)",
+    "shrunk": "hidden units removed by row norm, then shrink",
+}
+
+
+def run_inference_benchmark(batch_sizes=(1, 256), hidden=(1024, 1024),
+                            sparsity: float = 0.95, units_kept: float = 0.25,
+                            epochs: int = 10, finetune_epochs: int = 10, rounds: int = 20,
+                            threads: int | None = 1, device=None, seed: int = 0,
+                            progress: bool = False) -> dict:
+    """Inference of the wide digits MLP: dense, masked, CSR and shrunk, side by side.
+
+    1. A ``DigitsMLP(hidden)`` trains ``epochs`` epochs on the digits (Adam, lr 2e-3, the
+       training part of ``digits_loaders(validation=True)``).
+    2. ``masked``: a copy pruned to ``sparsity`` of its weights by
+       ``maskutils.pruning.gradual_magnitude_prune`` (global, ``finetune_epochs`` epochs);
+       ``csr``: the same weights as CSR (``csr_model``).
+    3. ``shrunk``: a copy with ``1 - units_kept`` of each hidden layer's units removed by
+       row norm (``prune_units``), cut out by ``shrink``, and fine-tuned ``finetune_epochs``
+       epochs (training the smaller model is the same as training the masked one, whose
+       removed units get no gradient, and faster).
+    4. Every model is timed at every batch size in interleaved rounds (``inference_times``)
+       with ``threads`` threads, and stored (``storage_bytes``, raw and deflated).
+
+    Returns ``{"banner", "config", "rows", "storage"}``: one row per variant with
+    ``ms`` (``{batch: ms per batch}``), ``ratio`` (``{batch: time / dense time}``),
+    ``bytes`` and ``zip_bytes`` (its own format: dense, the masked checkpoint with its
+    masks, CSR, the shrunk dense model), ``params`` and ``val_acc``/``test_acc``; and
+    ``storage``, the masked model's bytes in every format of ``FORMATS``, raw and zipped.
+    ``epochs=0`` skips training (for quick checks of the machinery).
+
+    >>> r = run_inference_benchmark(batch_sizes=(1,), hidden=(16, 16), epochs=0,
+    ...                             finetune_epochs=0, rounds=1, device="cpu")
+    >>> [row["variant"] for row in r["rows"]]
+    ['dense', 'masked', 'csr', 'shrunk']
+    """
+    from .data import digits_loaders
+    from .models import DigitsMLP
+    from .pruning import gradual_magnitude_prune
+    from .structured import count_parameters, prune_units, shrink
+    from .train import evaluate, fit
+
+    sizes = _batch_sizes(batch_sizes)
+    hidden = tuple(_positive_int(h, "each hidden size") for h in hidden)
+    if not hidden:
+        raise ValueError("hidden must name at least one hidden layer, e.g. (1024, 1024)")
+    sparsity = check_sparsity(sparsity)
+    if sparsity == 1.0:
+        raise ValueError("sparsity must be below 1 (a model without weights computes nothing)")
+    if isinstance(units_kept, bool) or not isinstance(units_kept, numbers.Real) \
+            or not 0.0 < float(units_kept) <= 1.0:
+        raise ValueError(f"units_kept must be in (0, 1] (the fraction of hidden units kept), "
+                         f"got {units_kept!r}")
+    for value, what in ((epochs, "epochs"), (finetune_epochs, "finetune_epochs")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{what} must be an int >= 0, got {value!r}")
+    rounds = _positive_int(rounds, "rounds")
+    if threads is not None:
+        threads = _positive_int(threads, "threads")
+    device = _device(device)
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        train, val, test = digits_loaders(batch_size=64, seed=seed, device=device,
+                                          validation=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            dense = DigitsMLP(hidden).to(device)
+            fit(dense, train, epochs=epochs, lr=2e-3, progress=progress)
+            quiet = ({"progress": progress} if "progress" in
+                     inspect.signature(gradual_magnitude_prune).parameters else {})
+            masked = gradual_magnitude_prune(copy.deepcopy(dense), train, sparsity,
+                                             epochs=finetune_epochs, scope="global",
+                                             lr=2e-3, **quiet)
+            unit_model = copy.deepcopy(dense)
+            prune_units(unit_model, 1.0 - float(units_kept))
+            shrunk = shrink(unit_model)
+            fit(shrunk, train, epochs=finetune_epochs, lr=2e-3, progress=progress)
+        models = {"dense": dense, "masked": masked, "csr": csr_model(masked),
+                  "shrunk": shrunk}
+        times = inference_times(models, sizes, rounds=rounds, device=device, seed=seed)
+        own = {"dense": storage_bytes(dense.state_dict()),
+               "masked": storage_bytes(masked.state_dict()),
+               "csr": storage_bytes(masked, "csr"),
+               "shrunk": storage_bytes(shrunk.state_dict())}
+        own_zip = {"dense": storage_bytes(dense.state_dict(), compress=True),
+                   "masked": storage_bytes(masked.state_dict(), compress=True),
+                   "csr": storage_bytes(masked, "csr", compress=True),
+                   "shrunk": storage_bytes(shrunk.state_dict(), compress=True)}
+        accuracy = {name: (evaluate(models[name], val), evaluate(models[name], test))
+                    for name in ("dense", "masked", "shrunk")}
+        accuracy["csr"] = accuracy["masked"]
+        rows = []
+        for name in INFERENCE_VARIANTS:
+            rows.append({
+                "variant": name,
+                "ms": {b: times[name][b] * 1e3 for b in sizes},
+                "ratio": {b: times[name][b] / times["dense"][b] for b in sizes},
+                "bytes": own[name], "zip_bytes": own_zip[name],
+                "params": (count_parameters(shrunk) if name == "shrunk"
+                           else count_parameters(dense)),
+                "nonzero_weights": sum(int((t != 0).sum()) for k, t in
+                                       plain_state(models["masked" if name == "csr"
+                                                          else name]).items()),
+                "val_acc": accuracy[name][0], "test_acc": accuracy[name][1]})
+        storage = {fmt: {"bytes": storage_bytes(masked, fmt),
+                         "zip_bytes": storage_bytes(masked, fmt, compress=True)}
+                   for fmt in FORMATS}
+        info = banner(device)
+    finally:
+        torch.set_num_threads(old_threads)
+    config = {"batch_sizes": list(sizes), "hidden": list(hidden), "sparsity": sparsity,
+              "units_kept": float(units_kept),
+              "shrunk_hidden": [m.out_features for m in shrunk.linears()[:-1]],
+              "epochs": epochs, "finetune_epochs": finetune_epochs, "rounds": rounds,
+              "threads": threads, "device": str(device), "seed": seed}
+    return {"banner": info, "config": config, "rows": rows, "storage": storage}
+
+
+def format_inference_table(result: dict) -> str:
+    """The result of ``run_inference_benchmark`` as text: one line per variant with ms per
+    batch and the ratio to dense at each batch size, bytes on disk (raw and zipped) and the
+    test accuracy; then the masked model's bytes in each storage format."""
+    if not isinstance(result, dict) or "rows" not in result or "storage" not in result:
+        raise ValueError("result must be the dict that run_inference_benchmark returns")
+    cfg = result["config"]
+    sizes = cfg["batch_sizes"]
+    hidden = " -> ".join(str(h) for h in [64, *cfg["hidden"], 10])
+    kept = " -> ".join(str(h) for h in [64, *cfg["shrunk_hidden"], 10])
+    lines = [result.get("banner", ""),
+             f"model: digits MLP {hidden}; masked: {cfg['sparsity']:.0%} of weights removed; "
+             f"shrunk: {kept}",
+             f"time: median of {cfg['rounds']} interleaved rounds, torch.inference_mode()",
+             ""]
+    head = f"{'variant':<8}"
+    for b in sizes:
+        head += f"{f'ms @{b}':>10}{'x dense':>8}"
+    head += f"{'bytes':>10}{'x dense':>8}{'zipped':>10}{'test acc':>9}"
+    lines += [head, "-" * len(head)]
+    dense = next(r for r in result["rows"] if r["variant"] == "dense")
+    for row in result["rows"]:
+        line = f"{row['variant']:<8}"
+        for b in sizes:
+            key = b if b in row["ms"] else str(b)  # JSON turns the keys into strings
+            line += f"{row['ms'][key]:>10.3f}{row['ratio'][key]:>8.2f}"
+        line += (f"{row['bytes']:>10d}{row['bytes'] / dense['bytes']:>8.2f}"
+                 f"{row['zip_bytes']:>10d}{row['test_acc']:>9.1%}")
+        lines.append(line)
+    lines += ["", f"the masked model ({cfg['sparsity']:.0%} sparse) on disk, by format:",
+              f"{'format':<8}{'bytes':>10}{'x dense':>8}{'zipped':>10}{'x dense':>8}"]
+    base = result["storage"]["dense"]["bytes"]
+    for fmt, sizes_ in result["storage"].items():
+        lines.append(f"{fmt:<8}{sizes_['bytes']:>10d}{sizes_['bytes'] / base:>8.2f}"
+                     f"{sizes_['zip_bytes']:>10d}{sizes_['zip_bytes'] / base:>8.2f}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m maskutils.bench",
         description="Median training-step time of dense vs. each way of enforcing a mask, "
-                    "measured in interleaved rounds in one process.")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256], metavar="N",
-                   help="batch sizes to time (default: 32 256)")
+                    "measured in interleaved rounds in one process; with --inference, "
+                    "inference time, bytes on disk and accuracy of the wide digits MLP: "
+                    "dense, masked, CSR and shrunk.")
+    p.add_argument("--inference", action="store_true",
+                   help="time inference (dense / masked / CSR / shrunk) instead of training")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="batch sizes to time (default: 32 256; with --inference 1 256)")
     p.add_argument("--width", type=int, default=1024, help="features of every Linear (1024)")
     p.add_argument("--layers", type=int, default=3, help="number of Linear layers (3)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (20)")
@@ -388,8 +815,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.set_num_threads for the run (default 1)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, mps (default: maskutils.get_device(): cuda, then mps, then cpu)")
-    p.add_argument("--sparsity", type=float, default=0.9,
-                   help="fraction of each weight removed (default 0.9)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of each weight removed (default 0.9; with --inference "
+                        "0.95 of all weights)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024], metavar="N",
+                   help="--inference: hidden layer sizes of the digits MLP (1024 1024)")
+    p.add_argument("--units-kept", type=float, default=0.25,
+                   help="--inference: fraction of hidden units the shrunk model keeps (0.25)")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="--inference: epochs of dense training (10)")
+    p.add_argument("--finetune-epochs", type=int, default=10,
+                   help="--inference: epochs of pruning / fine-tuning (10)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
                    help=f"subset of {' '.join(VARIANTS)} (dense is always included)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the data (0)")
@@ -402,17 +838,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        result = run_benchmark(batch_sizes=args.batch_sizes, width=args.width,
-                               layers=args.layers, rounds=args.rounds,
-                               steps_per_round=args.steps_per_round, threads=args.threads,
-                               device=args.device, sparsity=args.sparsity,
-                               variants=args.variants, seed=args.seed)
+        if args.inference:
+            result = run_inference_benchmark(
+                batch_sizes=args.batch_sizes or [1, 256], hidden=args.hidden,
+                sparsity=0.95 if args.sparsity is None else args.sparsity,
+                units_kept=args.units_kept, epochs=args.epochs,
+                finetune_epochs=args.finetune_epochs, rounds=args.rounds,
+                threads=args.threads, device=args.device, seed=args.seed)
+        else:
+            result = run_benchmark(batch_sizes=args.batch_sizes or [32, 256],
+                                   width=args.width, layers=args.layers, rounds=args.rounds,
+                                   steps_per_round=args.steps_per_round,
+                                   threads=args.threads, device=args.device,
+                                   sparsity=0.9 if args.sparsity is None else args.sparsity,
+                                   variants=args.variants, seed=args.seed)
     except (ValueError, TypeError) as err:
         parser.error(str(err))  # prints usage + the message, exits with status 2
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(format_table(result))
+        print(format_inference_table(result) if args.inference else format_table(result))
     return 0
 
 

@@ -15,6 +15,11 @@ fixed 0/1 masks of ``apply_mask``. Three gates:
   deterministic in eval mode, where ``gate = clip(sigmoid(logits) * (zeta - gamma) + gamma, 0, 1)``
   is exactly 0 or 1 for most logits.
 
+Two structures: ``structure="weight"`` (the default) gives every weight its own gate;
+``structure="unit"`` gives one gate per output row (a hidden unit of a ``Linear``, an output
+channel of a convolution), shared by the whole row, with the same penalties counted per
+unit. Closed unit gates are whole zero rows, which ``maskutils.shrink`` cuts out.
+
 The logits and the weights belong in two optimizer groups (``mask_parameters`` and
 ``weight_parameters``): the logits usually need a much larger learning rate.
 
@@ -54,11 +59,12 @@ from .apply import (MASKABLE, Mask, _check_module, _check_name, apply_mask,
                     own_parametrized_class)
 
 __all__ = [
-    "GATES", "LearnableGate", "apply_learnable_mask", "learnable_mask_layers", "gate_values",
+    "GATES", "STRUCTURES", "LearnableGate", "apply_learnable_mask", "learnable_mask_layers", "gate_values",
     "gate_sparsity", "gate_penalty", "mask_parameters", "weight_parameters", "binarize",
 ]
 
 GATES = ("sigmoid", "ste", "hard_concrete")
+STRUCTURES = ("weight", "unit")
 
 # Hard-concrete constants from Louizos et al. (2018): temperature and stretch interval.
 BETA = 2.0 / 3.0
@@ -72,15 +78,28 @@ class LearnableGate(nn.Module):
     Created by ``apply_learnable_mask``; use that rather than this class directly.
     """
 
-    def __init__(self, like: torch.Tensor, gate: str = "sigmoid", init_logit: float = 3.0):
+    def __init__(self, like: torch.Tensor, gate: str = "sigmoid", init_logit: float = 3.0,
+                 structure: str = "weight"):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate must be one of {list(GATES)}, got {gate!r}")
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {list(STRUCTURES)}, got {structure!r}")
         self.gate = gate
-        self.logits = nn.Parameter(torch.full_like(like.detach(), float(init_logit)))
+        self.structure = structure
+        self.shape = tuple(like.shape)
+        like = like.detach()
+        if structure == "unit":  # one logit per output row, broadcast over the row
+            like = like[(slice(None),) + (slice(0, 1),) * (like.dim() - 1)]
+        self.logits = nn.Parameter(torch.full_like(like, float(init_logit)))
 
     def extra_repr(self) -> str:
-        return f"gate={self.gate!r}, shape={tuple(self.logits.shape)}"
+        return (f"gate={self.gate!r}, structure={self.structure!r}, "
+                f"shape={tuple(self.logits.shape)}")
+
+    def full(self) -> torch.Tensor:
+        """``values()`` expanded to the weight's shape: one gate value per weight."""
+        return self.values().expand(self.shape)
 
     def values(self) -> torch.Tensor:
         """The deterministic gate values in [0, 1] (what eval mode uses), with gradient."""
@@ -158,35 +177,47 @@ def _check_gate(gate) -> str:
 
 
 def apply_learnable_mask(module: nn.Module, name: str = "weight", gate: str = "sigmoid",
-                         init_logit: float = 3.0) -> nn.Module:
+                         init_logit: float = 3.0, structure: str = "weight") -> nn.Module:
     """Give ``module.<name>`` a learnable mask: it then reads ``original * gate(logits)``.
 
     - ``gate``: ``"sigmoid"``, ``"ste"`` or ``"hard_concrete"`` (see the module docstring).
     - ``init_logit``: the initial value of every logit. The default 3.0 opens every gate
       (``sigmoid(3) = 0.95``; hard-concrete and straight-through gates start at exactly 1), so
       training starts from the dense model and the penalty closes the gates that are not needed.
+    - ``structure``: ``"weight"``, one gate per weight; or ``"unit"``, one gate per output
+      row (logits of shape ``(rows, 1, ...)``, broadcast over the row), so that a closed gate
+      removes a whole hidden unit. The penalties then count units, not weights.
 
     The logits are ``module.parametrizations.<name>[i].logits``, a Parameter of the weight's
-    shape, dtype and device. A fixed mask already on the parameter (``apply_mask``) stays and
-    multiplies with the gates. Returns ``module``.
+    shape (or one per row), dtype and device. A fixed mask already on the parameter
+    (``apply_mask``) stays and multiplies with the gates. Returns ``module``.
 
     >>> layer = apply_learnable_mask(nn.Linear(3, 2), gate="ste", init_logit=1.0)
     >>> bool(torch.equal(layer.weight, layer.parametrizations.weight.original))  # all gates open
     True
+    >>> rows = apply_learnable_mask(nn.Linear(3, 2), gate="hard_concrete", structure="unit")
+    >>> tuple(rows.parametrizations.weight[0].logits.shape)
+    (2, 1)
     """
     _check_module(module)
     current = _check_name(module, name)
     gate = _check_gate(gate)
     init_logit = _check_init_logit(init_logit)
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be 'weight' (one gate per weight) or 'unit' (one "
+                         f"gate per output row), got {structure!r}")
     if not current.is_floating_point():
         raise TypeError(f"{type(module).__name__}.{name} has dtype {current.dtype}; "
                         "a learnable mask needs a floating-point parameter")
+    if structure == "unit" and current.dim() < 1:
+        raise ValueError(f"{type(module).__name__}.{name} is a scalar; unit gates need rows")
     if _gates_of(module, name):
         raise ValueError(
             f"{type(module).__name__}.{name} already has a learnable mask; "
             "binarize(model) or torch.nn.utils.parametrize.remove_parametrizations it first"
         )
-    parametrize.register_parametrization(module, name, LearnableGate(current, gate, init_logit))
+    parametrize.register_parametrization(
+        module, name, LearnableGate(current, gate, init_logit, structure))
     return module
 
 
@@ -218,7 +249,9 @@ def gate_values(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{"layer.weight": gates}``: the current deterministic gate values, detached, in [0, 1].
 
     Deterministic means what eval mode uses (no hard-concrete sampling), whatever the model's
-    mode. Use it for histograms and for counting closed gates.
+    mode. Use it for histograms and for counting closed gates. Unit gates
+    (``structure="unit"``) are expanded to the weight's shape: every weight of a row shows
+    its row's gate.
 
     >>> model = nn.Sequential(nn.Linear(2, 2))
     >>> _ = learnable_mask_layers(model, init_logit=0.0)
@@ -228,7 +261,7 @@ def gate_values(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     found = _require_learnable(model, "read")
     with torch.no_grad():
-        return {qualified: g.values().detach().clone() for qualified, _, _, g in found}
+        return {qualified: g.full().detach().clone() for qualified, _, _, g in found}
 
 
 def gate_sparsity(model: nn.Module, threshold: float = 0.5) -> float:
@@ -258,7 +291,8 @@ def gate_penalty(model: nn.Module) -> torch.Tensor:
     are non-negative), so ``lam * gate_penalty(model)`` charges ``lam`` per open gate, as
     the article's ``lam * sum(|mask|)`` does per logit. For ``hard_concrete`` gates: the
     expected number of non-zero gates (the L0 penalty of Louizos et al., 2018). Use it as
-    ``fit(..., penalty=lambda m: lam * gate_penalty(m))``.
+    ``fit(..., penalty=lambda m: lam * gate_penalty(m))``. A unit gate
+    (``structure="unit"``) is one gate, so it counts once per unit, not once per weight.
 
     >>> model = nn.Sequential(nn.Linear(2, 2))
     >>> _ = learnable_mask_layers(model, gate="ste")
@@ -347,7 +381,7 @@ def binarize(model: nn.Module, threshold: float = 0.5) -> dict[str, torch.Tensor
                 "to replace learnable gates and fixed masks; remove the others first"
             )
         with torch.no_grad():
-            keep = (gate.values() >= threshold).to(gate.logits.dtype)
+            keep = (gate.full() >= threshold).to(gate.logits.dtype).contiguous()
             for fixed in module.parametrizations[name]:
                 if isinstance(fixed, Mask):
                     keep = keep * fixed.mask

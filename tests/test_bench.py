@@ -288,3 +288,174 @@ def test_grouped_bars_draws_one_bar_per_label_and_group():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b32", "b256"]
     with pytest.raises(ValueError, match="non-empty"):
         grouped_bars({"b": {}}, "ratio")
+
+
+# ---------------------------------------------------------------- --inference and its helpers
+from torch import nn  # noqa: E402
+
+from maskutils import apply_mask  # noqa: E402
+from maskutils.bench import (FORMATS, INFERENCE_VARIANTS, CSRLinear, crossover_sparsity,  # noqa: E402
+                             csr_model, format_inference_table, inference_times, plain_state,
+                             run_inference_benchmark, storage_bytes)
+
+TINY_INFERENCE = dict(batch_sizes=(1, 3), hidden=(16, 16), epochs=0, finetune_epochs=0,
+                      rounds=2, device="cpu", sparsity=0.9, units_kept=0.25)
+
+
+@pytest.fixture(scope="module")
+def tiny_inference():
+    return run_inference_benchmark(**TINY_INFERENCE)
+
+
+def test_inference_rows_cover_every_variant_and_batch(tiny_inference):
+    rows = tiny_inference["rows"]
+    assert [r["variant"] for r in rows] == list(INFERENCE_VARIANTS)
+    for row in rows:
+        assert sorted(row["ms"]) == [1, 3] and all(v > 0 for v in row["ms"].values())
+        for b in (1, 3):
+            dense = rows[0]["ms"][b]
+            assert row["ratio"][b] == pytest.approx(row["ms"][b] / dense)
+        assert 0.0 <= row["test_acc"] <= 1.0 and 0.0 <= row["val_acc"] <= 1.0
+    assert all(r == 1.0 for r in rows[0]["ratio"].values())
+
+
+def test_inference_models_are_what_the_rows_say(tiny_inference):
+    rows = {r["variant"]: r for r in tiny_inference["rows"]}
+    dense_weights = 64 * 16 + 16 * 16 + 16 * 10
+    # the masked checkpoint holds the dense weights and a mask as large (tiny: + pickle)
+    assert rows["masked"]["bytes"] > 1.5 * rows["dense"]["bytes"]
+    assert rows["csr"]["bytes"] < rows["dense"]["bytes"]
+    assert rows["csr"]["test_acc"] == rows["masked"]["test_acc"]
+    kept_weights = [w for w in [rows["masked"]["nonzero_weights"]]]
+    assert kept_weights[0] <= round(0.1 * dense_weights) + 16 + 16 + 10  # + the biases
+    assert tiny_inference["config"]["shrunk_hidden"] == [4, 4]
+    assert rows["shrunk"]["params"] == 64 * 4 + 4 + 4 * 4 + 4 + 4 * 10 + 10
+
+
+def test_inference_storage_has_every_format(tiny_inference):
+    storage = tiny_inference["storage"]
+    assert list(storage) == list(FORMATS)
+    assert storage["bitmask"]["bytes"] < storage["dense"]["bytes"]
+    assert all(v["zip_bytes"] > 0 for v in storage.values())
+
+
+def test_inference_table_and_json(tiny_inference, capsys):
+    table = format_inference_table(tiny_inference)
+    for name in INFERENCE_VARIANTS + FORMATS:
+        assert any(line.startswith(name + " ") for line in table.splitlines()), name
+    again = json.loads(json.dumps(tiny_inference))  # batch keys become strings
+    assert format_inference_table(again) == table
+    with pytest.raises(ValueError, match="run_inference_benchmark"):
+        format_inference_table({"rows": []})
+
+
+def test_main_inference_prints_the_table_and_the_json(capsys):
+    argv = ["--inference", "--batch-sizes", "2", "--hidden", "8", "8", "--epochs", "0",
+            "--finetune-epochs", "0", "--rounds", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "shrunk" in out and "ms @2" in out and "64 -> 8 -> 8 -> 10" in out
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in data["rows"]] == list(INFERENCE_VARIANTS)
+    assert data["config"]["sparsity"] == 0.95 and data["config"]["units_kept"] == 0.25
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"units_kept": 0.0}, "units_kept"),
+    ({"units_kept": 1.5}, "units_kept"),
+    ({"sparsity": 1.0}, "sparsity"),
+    ({"hidden": ()}, "hidden"),
+    ({"hidden": (0,)}, "hidden"),
+    ({"epochs": -1}, "epochs"),
+    ({"finetune_epochs": 1.5}, "finetune_epochs"),
+    ({"batch_sizes": ()}, "batch_sizes"),
+])
+def test_inference_bad_arguments_are_named(kwargs, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        run_inference_benchmark(**{**TINY_INFERENCE, **kwargs})
+
+
+def test_plain_state_reads_masks_and_gates_and_keeps_the_dense_keys():
+    from maskutils import apply_learnable_mask
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    dense_keys = list(model.state_dict())
+    apply_mask(model[0], (torch.rand(3, 4) > 0.5).float())
+    apply_learnable_mask(model[2], gate="hard_concrete", structure="unit")
+    model.train()
+    state = plain_state(model)
+    assert sorted(state) == sorted(dense_keys) and model.training
+    assert torch.equal(state["0.weight"], model[0].weight.detach())
+    model.eval()
+    assert torch.equal(state["2.weight"], model[2].weight.detach())
+
+
+def test_storage_bytes_orders_the_formats_at_high_sparsity():
+    torch.manual_seed(0)
+    w = torch.randn(200, 200)
+    w[torch.rand(200, 200) < 0.95] = 0.0
+    state = {"w": w, "b": torch.randn(200)}
+    dense, csr, bits = (storage_bytes(state, f) for f in FORMATS)
+    assert bits < csr < dense
+    assert storage_bytes(state, "dense", compress=True) < dense
+    # CSR with int32 indices: 4 bytes per value and per column index, 4 per row pointer
+    nnz = int((w != 0).sum())
+    assert csr < 8 * nnz + 4 * 201 + 4 * 200 + 4000  # a little room for the pickle
+    with pytest.raises(ValueError, match="fmt"):
+        storage_bytes(state, "coo")
+    with pytest.raises(TypeError, match="model_or_state"):
+        storage_bytes([w])
+
+
+def test_storage_bytes_of_a_module_counts_effective_weights_not_masks():
+    layer = nn.Linear(50, 40)
+    masked = apply_mask(copy_of(layer), torch.ones(40, 50))
+    assert storage_bytes(masked) == storage_bytes(layer)
+    assert storage_bytes(masked.state_dict()) > storage_bytes(layer.state_dict())
+
+
+def copy_of(module):
+    import copy
+    return copy.deepcopy(module)
+
+
+def test_csr_model_computes_the_same_and_leaves_the_model_alone(left_alone):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    apply_mask(model[0], (torch.rand(5, 6) > 0.7).float())
+    x = torch.randn(4, 6)
+    with left_alone(model):
+        fast = csr_model(model)
+    assert isinstance(fast[0], CSRLinear) and isinstance(fast[2], CSRLinear)
+    assert fast[0].weight.layout == torch.sparse_csr
+    assert torch.allclose(fast(x), model(x), atol=1e-6)
+    assert torch.allclose(model(x), model(x))  # the original still works
+    assert torch.allclose(CSRLinear(nn.Linear(6, 2, bias=False))(x).sum(dim=0) * 0,
+                          torch.zeros(2))
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        csr_model(nn.ReLU())
+    with pytest.raises(TypeError, match="nn.Linear"):
+        CSRLinear(nn.ReLU())
+
+
+def test_inference_times_restores_modes_and_rejects_bad_input():
+    model = nn.Sequential(nn.Linear(4, 2), nn.Dropout(0.5)).train()
+    times = inference_times({"m": model}, batch_sizes=(2,), rounds=1)
+    assert model.training and times["m"][2] > 0
+    with pytest.raises(ValueError, match="models"):
+        inference_times({}, batch_sizes=(2,))
+    with pytest.raises(ValueError, match="n_in"):
+        inference_times({"r": nn.ReLU()}, batch_sizes=(2,))
+
+
+@pytest.mark.parametrize("xs, dense, sparse, expected", [
+    ([0.5, 0.9], [1.0, 1.0], [2.0, 0.5], 0.7),
+    ([0.5, 0.9], [1.0, 1.0], [0.9, 0.5], 0.5),
+    ([0.5, 0.9], [1.0, 1.0], [2.0, 1.5], None),
+])
+def test_crossover_sparsity(xs, dense, sparse, expected):
+    assert crossover_sparsity(xs, dense, sparse) == expected
+    with pytest.raises(ValueError, match="one length"):
+        crossover_sparsity([0.5], [1.0, 2.0], [1.0])

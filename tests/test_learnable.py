@@ -450,3 +450,115 @@ def test_integer_parameters_cannot_get_a_learnable_mask(left_alone):
                                                      requires_grad=False))
     with left_alone(module), pytest.raises(TypeError, match="floating-point"):
         apply_learnable_mask(module, name="counts")
+
+
+# --- unit gates (structure="unit"): one gate per output row ---------------------------------
+
+@pytest.mark.parametrize("gate", GATES)
+def test_unit_gates_have_one_logit_per_row_and_gate_whole_rows(gate):
+    layer = apply_learnable_mask(nn.Linear(6, 4), gate=gate, structure="unit")
+    g = _gate(layer)
+    assert g.logits.shape == (4, 1) and g.structure == "unit"
+    with torch.no_grad():
+        g.logits.copy_(torch.tensor([[4.0], [-4.0], [4.0], [-4.0]]))
+    layer.eval()
+    w = layer.weight.detach()
+    assert (w[[1, 3]] == 0).all() if gate != "sigmoid" else (w[[1, 3]].abs() > 0).all()
+    expected = _original(layer) * g.values()  # broadcast over the row
+    assert torch.allclose(w, expected.detach())
+
+
+def test_unit_gates_of_a_convolution_gate_output_channels():
+    conv = apply_learnable_mask(nn.Conv2d(2, 3, 3), gate="ste", structure="unit")
+    assert _gate(conv).logits.shape == (3, 1, 1, 1)
+    with torch.no_grad():
+        _gate(conv).logits[1] = -1.0
+    assert (conv.weight[1] == 0).all() and (conv.weight[[0, 2]] != 0).all()
+
+
+def test_hard_concrete_unit_gates_sample_one_value_per_row_in_training():
+    torch.manual_seed(0)
+    layer = apply_learnable_mask(nn.Linear(5, 8), gate="hard_concrete", init_logit=0.0,
+                                 structure="unit")
+    layer.train()
+    ratios = layer.weight.detach() / _original(layer).detach()
+    assert torch.allclose(ratios, ratios[:, :1].expand_as(ratios))  # constant along a row
+    assert len(set(ratios[:, 0].tolist())) > 1  # rows get their own samples
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_unit_gate_penalty_counts_units_like_the_weight_penalty_counts_weights(gate):
+    unit = apply_learnable_mask(nn.Linear(7, 3), gate=gate, init_logit=0.5, structure="unit")
+    each = apply_learnable_mask(nn.Linear(1, 3), gate=gate, init_logit=0.5)
+    assert gate_penalty(unit).item() == pytest.approx(gate_penalty(each).item())
+    gate_penalty(unit).backward()
+    assert _gate(unit).logits.grad.shape == (3, 1)
+
+
+def test_gate_values_and_sparsity_of_unit_gates_are_per_weight():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    apply_learnable_mask(model[0], gate="sigmoid", structure="unit")
+    with torch.no_grad():
+        _gate(model[0]).logits[:2] = -1.0
+    values = gate_values(model)["0.weight"]
+    assert values.shape == (5, 4)
+    assert gate_sparsity(model) == pytest.approx(2 / 5)
+
+
+def test_binarize_turns_unit_gates_into_whole_row_masks():
+    model = _model()
+    apply_learnable_mask(model[0], gate="hard_concrete", structure="unit")
+    with torch.no_grad():
+        _gate(model[0]).logits[[0, 3]] = -5.0
+    masks = binarize(model)
+    mask = masks["0.weight"]
+    assert mask.shape == (5, 6) and mask.is_contiguous()
+    assert mask.sum(dim=1).tolist() == [0.0, 6.0, 6.0, 0.0, 6.0]
+    assert torch.equal(get_mask(model[0]), mask)
+
+
+def test_unit_gates_survive_a_state_dict_round_trip_and_deepcopy():
+    torch.manual_seed(0)
+    a = _model()
+    apply_learnable_mask(a[0], gate="ste", structure="unit")
+    _set_logits(a, seed=3)
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    b = _model(seed=1)
+    apply_learnable_mask(b[0], gate="ste", structure="unit")
+    buffer.seek(0)
+    b.load_state_dict(torch.load(buffer))
+    x = torch.randn(2, 6)
+    assert torch.equal(a(x), b(x)) and torch.equal(copy.deepcopy(a)(x), a(x))
+    c = _model()
+    apply_learnable_mask(c[0], gate="ste")  # per-weight logits do not fit
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        c.load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("structure", ["row", "units", None, 1])
+def test_an_unknown_structure_is_refused_and_the_module_left_alone(structure, left_alone):
+    layer = nn.Linear(3, 2)
+    with left_alone(layer), pytest.raises(ValueError, match="structure must be"):
+        apply_learnable_mask(layer, structure=structure)
+
+
+def test_unit_gates_with_adam_close_units_and_shrink_removes_them():
+    from maskutils.structured import dead_units, shrink
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 2))
+    apply_learnable_mask(model[0], gate="hard_concrete", structure="unit")
+    optimizer = torch.optim.Adam([{"params": weight_parameters(model), "lr": 1e-2},
+                                  {"params": mask_parameters(model), "lr": 0.2}])
+    x, y = torch.randn(64, 6), torch.randn(64, 2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = (model(x) - y).pow(2).mean() + 0.05 * gate_penalty(model)
+        loss.backward()
+        optimizer.step()
+    closed = int((_gate(model[0]).values() == 0).sum())
+    assert 0 < closed < 12
+    model.eval()
+    assert len(dead_units(model)["0"]) == closed
+    assert shrink(model)[0].out_features == 12 - closed
