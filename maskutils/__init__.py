@@ -8,6 +8,7 @@ from .apply import (MaskedLayers, apply_mask, get_mask, load_dense_state_dict, m
                     masked_parameters, remove_mask, remove_masks)
 from .data import char_corpus, char_loaders, digits_loaders
 from .device import banner, get_device, seed_everything
+from .distributed import broadcast_masks, launch, masks_agree
 from .hooks import GradientRecorder, MaskHandle, mask_gradients, project_after_step
 from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_sparsity,
                         gate_values, learnable_mask_layers, mask_parameters,
@@ -26,6 +27,7 @@ __all__ = [
     "MaskedLayers", "load_dense_state_dict", "remove_masks",
     "char_corpus", "char_loaders", "digits_loaders",
     "banner", "get_device", "seed_everything",
+    "broadcast_masks", "launch", "masks_agree",
     "GradientRecorder", "MaskHandle", "mask_gradients", "project_after_step",
     "apply_learnable_mask", "binarize", "gate_penalty", "gate_sparsity", "gate_values",
     "learnable_mask_layers", "mask_parameters", "weight_parameters",
