@@ -14,7 +14,7 @@ from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_spars
                         gate_values, learnable_mask_layers, mask_parameters,
                         weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
-from .models import CharTransformerLM, DigitsMLP, digits_mlp
+from .models import CharTransformerLM, DigitsCNN, DigitsLSTM, DigitsMLP, digits_mlp
 from .pruning import gradual_magnitude_prune
 from .structured import count_parameters, dead_units, prune_units, shrink
 from .swa import check_fixed_masks, fit_swa
@@ -32,7 +32,7 @@ __all__ = [
     "apply_learnable_mask", "binarize", "gate_penalty", "gate_sparsity", "gate_values",
     "learnable_mask_layers", "mask_parameters", "weight_parameters",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
-    "CharTransformerLM", "DigitsMLP", "digits_mlp",
+    "CharTransformerLM", "DigitsCNN", "DigitsLSTM", "DigitsMLP", "digits_mlp",
     "gradual_magnitude_prune",
     "count_parameters", "dead_units", "prune_units", "shrink",
     "check_fixed_masks", "fit_swa",

@@ -1,4 +1,5 @@
-"""The small model every chapter uses: an MLP for the 8x8 digits (64 inputs, 10 classes).
+"""The small models of the book: the MLP every chapter uses for the 8x8 digits (64 inputs,
+10 classes), and the CNN, LSTM and character-level transformer of chapters 7 and 8.
 
 >>> from maskutils import digits_mlp
 >>> digits_mlp()
@@ -93,3 +94,70 @@ class CharTransformerLM(nn.Module):
         h = self.embed(ids) + self.position(positions)
         h = self.blocks(h, mask=causal, is_causal=True)
         return self.head(self.norm(h))
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for the digits as 1x8x8 images (chapter 7): two 3x3 Conv2d + BatchNorm blocks.
+
+    ``forward`` takes the flat 64-pixel rows of ``digits_loaders`` (or ``(batch, 1, 8, 8)``
+    images) and returns ``(batch, 10)`` logits. ``channels`` sets the two convolutions'
+    output channels; the second one's input channels (``channels[0]``) are the ones a 2:4 mask
+    groups, so keep it a multiple of 4.
+
+    >>> import torch
+    >>> cnn = DigitsCNN()
+    >>> cnn(torch.zeros(5, 64)).shape
+    torch.Size([5, 10])
+    >>> [tuple(p.shape) for n, p in cnn.named_parameters() if p.dim() >= 2]
+    [(8, 1, 3, 3), (16, 8, 3, 3), (10, 256)]
+    """
+
+    def __init__(self, channels=(8, 16), n_out: int = 10):
+        super().__init__()
+        channels = tuple(channels)
+        if len(channels) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1
+                                     for c in channels):
+            raise ValueError(f"channels must be two positive ints, got {channels!r}")
+        a, b = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(),
+            nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(b * 4 * 4, n_out)
+
+    def forward(self, x):
+        if x.dim() == 2:
+            if x.shape[1] != 64:
+                raise ValueError(f"expected 64 pixels per digit, got {x.shape[1]}")
+            x = x.view(-1, 1, 8, 8)
+        return self.head(self.features(x).flatten(1))
+
+    def convs(self) -> list[nn.Conv2d]:
+        """The two convolutions, input to output."""
+        return [m for m in self.features if isinstance(m, nn.Conv2d)]
+
+
+class DigitsLSTM(nn.Module):
+    """An LSTM that reads a digit row by row (8 steps of 8 pixels) and classifies it (chapter 7).
+
+    >>> import torch
+    >>> rnn = DigitsLSTM(hidden=16)
+    >>> rnn(torch.zeros(3, 64)).shape
+    torch.Size([3, 10])
+    >>> sorted(n for n, p in rnn.named_parameters() if p.dim() >= 2)
+    ['head.weight', 'lstm.weight_hh_l0', 'lstm.weight_ih_l0']
+    """
+
+    def __init__(self, hidden: int = 32, n_layers: int = 1, n_out: int = 10):
+        super().__init__()
+        for name, value in (("hidden", hidden), ("n_layers", n_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.lstm = nn.LSTM(8, hidden, num_layers=n_layers, batch_first=True)
+        self.head = nn.Linear(hidden, n_out)
+
+    def forward(self, x):
+        rows = x.reshape(x.shape[0], 8, 8)
+        out, _ = self.lstm(rows)
+        return self.head(out[:, -1])
