@@ -163,6 +163,12 @@ def project_after_step(optimizer: torch.optim.Optimizer, masks: dict) -> MaskHan
     The optimizer's state is left as it is. Returns a ``MaskHandle``; ``.remove()`` removes
     the hook.
 
+    Between steps the parameter is a plain dense tensor, so its masked entries still receive
+    gradients. Anything that reads the whole gradient before the step sees them: with
+    ``torch.nn.utils.clip_grad_norm_`` the clip factor, and so every kept entry's update,
+    differs from a forward mask's (``apply_mask``). Add ``mask_gradients(masks)`` to zero them
+    first; the two then train the same weights again.
+
     >>> layer = nn.Linear(2, 1)
     >>> sgd = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
     >>> handle = project_after_step(sgd, {layer.weight: torch.tensor([[0.0, 1.0]])})

@@ -459,3 +459,49 @@ def test_recorder_rejects_a_model_without_weights_and_a_non_module():
         GradientRecorder(nn.Sequential(nn.ReLU()))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         GradientRecorder(torch.zeros(3))
+
+
+# --- gradient clipping: projection alone counts the masked entries' gradients ---------------
+
+def _clipped_training(recipe, max_norm, steps=6):
+    """SGD+momentum on a masked copy of one model, clipping before each step."""
+    x, y = _data(18)
+    model = _model(18)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masks = _masks(model, 0.5, seed=18)
+    if "forward mask" in recipe:
+        for layer, mask in zip([model[0], model[2]], masks.values()):
+            apply_mask(layer, mask)
+    if "projection" in recipe:
+        project_after_step(optimizer, masks)
+    if "gradient mask" in recipe:
+        mask_gradients(masks)
+    totals = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if max_norm is not None:
+            totals.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        optimizer.step()
+    return [model[0].weight.detach(), model[2].weight.detach()], totals
+
+
+def test_clipping_makes_projection_train_other_weights_than_a_forward_mask():
+    reference, masked_totals = _clipped_training({"forward mask"}, max_norm=0.05)
+    projected, projected_totals = _clipped_training({"projection"}, max_norm=0.05)
+    assert min(masked_totals) > 0.05, "clipping is active in every step of both runs"
+    assert projected_totals[0] > masked_totals[0], "the masked entries' gradients add to the norm"
+    gap = max(float((a - b).abs().max()) for a, b in zip(projected, reference))
+    assert gap > 1e-3
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.05], ids=["unclipped", "clipped"])
+def test_projection_with_masked_gradients_matches_a_forward_mask_even_when_clipped(max_norm):
+    reference, _ = _clipped_training({"forward mask"}, max_norm)
+    both, _ = _clipped_training({"projection", "gradient mask"}, max_norm)
+    for a, b in zip(both, reference):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    if max_norm is None:  # without clipping, projection alone agrees as well
+        alone, _ = _clipped_training({"projection"}, max_norm)
+        for a, b in zip(alone, reference):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
