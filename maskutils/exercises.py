@@ -285,3 +285,36 @@ def _pruned_to_apply_mask(answer, pruned, x) -> str:
         raise Wrong("its outputs differ from pruned(x): use each layer's weight_mask as the mask "
                     "and the dense weights from weight_orig (those of the unpruned model).")
     return "it survives copy.deepcopy now, and computes what the pruned model computes."
+
+
+@exercise("8.1", "Wanda's scores compared across the whole layer instead of per row")
+def _wanda_per_layer(answer, weight, input_norm, sparsity: float = 0.5) -> str:
+    for label, value in (("weight", weight), ("input_norm", input_norm)):
+        if not isinstance(value, torch.Tensor):
+            raise Wrong(f"{label} should be a torch.Tensor, got {type(value).__name__}")
+    mask = _binary_tensor(answer, weight)
+    weight = weight.detach()
+    removed, want = int((mask == 0).sum()), round(sparsity * weight.numel())
+    if removed != want:
+        raise Wrong(f"your mask removes {removed:,} weights; {sparsity:.0%} of the layer's "
+                    f"{weight.numel():,} is {want:,}.")
+    if removed in (0, weight.numel()):
+        return "nothing to rank at this sparsity."
+
+    def ranked(score):  # every removed score <= every kept score
+        return float(score[mask == 0].max()) <= float(score[mask == 1].min())
+
+    score = weight.abs() * input_norm.detach().to(weight)
+    per_row = (mask == 0).sum(dim=1)
+    if ranked(score):
+        return (f"one threshold for the layer: rows lose between {int(per_row.min())} and "
+                f"{int(per_row.max())} of their {weight.shape[1]} weights, where Wanda's "
+                "per-row rule takes the same number from each.")
+    if ranked(weight.abs()):
+        raise Wrong("your mask ranks |W_ij| alone (magnitude pruning); multiply by the "
+                    "input norms ||X_j|| first.")
+    if bool((per_row == per_row[0]).all()):
+        raise Wrong("every row loses the same number of weights: that is Wanda's per-row "
+                    "comparison. Rank |W| * ||X|| over the whole layer at once.")
+    raise Wrong("some removed weights score higher than kept ones: remove the lowest "
+                "scores |W_ij| * ||X_j|| of the whole layer.")

@@ -345,3 +345,19 @@ def test_one_shot_prune_failing_midway_changes_nothing(lm, left_alone):
         one_shot_prune(lm, bad, "sparsegpt", 0.5)
     with left_alone(lm), pytest.raises(ValueError, match="needs calibration batches"):
         one_shot_prune(lm, None, "wanda", 0.5)
+
+
+# ---------------------------------------------------------------- exercise 8.1
+
+def test_exercise_8_1_accepts_a_layer_wise_wanda_mask_and_explains_mistakes(capsys):
+    from maskutils.exercises import check
+
+    w = torch.randn(16, 8, generator=gen())
+    norm = torch.rand(8, generator=gen(1)) * 3
+    given = dict(weight=w, input_norm=norm, sparsity=0.5)
+    assert check("8.1", magnitude_mask(w.abs() * norm, 0.5), **given)
+    for wrong, says in ((wanda_mask(w, norm, 0.5), "per-row"),
+                        (magnitude_mask(w, 0.5), "|W_ij| alone"),
+                        (magnitude_mask(w, 0.25), "removes 32 weights")):
+        assert not check("8.1", wrong, **given)
+        assert says in capsys.readouterr().out
