@@ -77,10 +77,10 @@ def _refuse_if_ddp_wrapped(module) -> None:
     ddp = getattr(nn.parallel, "DistributedDataParallel", None)
     if ddp is not None and any(isinstance(m, ddp) for m in module.modules()):
         raise ValueError(
-            f"{type(module).__name__} is or holds a DistributedDataParallel wrapper: mask "
-            "before wrapping. Put a mask (all ones is fine) on every layer of the plain model, "
-            "then wrap it; later, shrink those masks in place (apply_mask on the same layers). "
-            "Remove masks only when training with the wrapper is over (on ddp.module)"
+            f"got a DistributedDataParallel wrapper ({type(module).__name__} is or holds one): "
+            "mask before wrapping. Put a mask (all ones is fine) on every layer of the plain "
+            "model, then wrap it; later, shrink those masks in place (apply_mask on the same "
+            "layers). Remove masks only when training with the wrapper is over (on ddp.module)"
         )
 
 

@@ -463,20 +463,20 @@ def _masked_max(model: nn.Module) -> float:
     return worst
 
 
-def train_worker(rank: int, world_size: int, state: dict, masks: list, batches: list,
-                 lr: float = 1e-3) -> dict:
-    """Chapter 9: train the masked digits MLP with DDP on this rank's share of each batch.
-
-    Masks go on before wrapping. Returns the backend, whether the masks agree across ranks,
-    the largest masked effective weight, the plain state dict and the step times.
-    """
+def train_worker(rank: int, world_size: int, state: dict, masks: list,
+                 batches: list, lr: float = 1e-3) -> dict:
+    """Chapter 9: train the masked digits MLP with DDP on this rank's share
+    of each batch. Masks go on before wrapping. Returns the backend, whether
+    the masks agree across ranks, the largest masked effective weight, the
+    plain state dict and the seconds of each step."""
     device = rank_device(rank)
-    model = _masked_copy(state, masks).to(device)
+    model = _masked_copy(state, masks).to(device)  # masks before wrapping
     ddp = wrap_ddp(model)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=lr)
     seconds = train_steps(ddp, batches, optimizer, rank, world_size)
     return {"backend": dist.get_backend(), "agree": masks_agree(ddp),
-            "masked_max": _masked_max(ddp), "state": plain_state(ddp), "seconds": seconds}
+            "masked_max": _masked_max(ddp), "state": plain_state(ddp),
+            "seconds": seconds}
 
 
 def _error_text(error: BaseException) -> str:
@@ -501,12 +501,28 @@ def _rank_spread(model: nn.Module) -> float:
                               for p in getattr(model, "module", model).parameters()]))
 
 
+def _visible_state(model: nn.Module) -> list[str]:
+    """What Python can see on a model and its parameters: attributes and hooks, as strings."""
+    seen = []
+    for name, module in model.named_modules():
+        seen += [f"module {name!r}: attribute {a}" for a in vars(module)]
+        for kind in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks",
+                     "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+            seen += [f"module {name!r}: {kind} {k}" for k in getattr(module, kind, {})]
+    for name, param in model.named_parameters():
+        seen += [f"parameter {name!r}: attribute {a}" for a in vars(param)]
+        for kind in ("_backward_hooks", "_post_accumulate_grad_hooks"):
+            seen += [f"parameter {name!r}: {kind} {k}" for k in (getattr(param, kind) or {})]
+    return seen
+
+
 def mask_after_wrapping_worker(rank: int, world_size: int, state: dict, batches: list,
                                find_unused_parameters: bool = False) -> dict:
     """Chapter 9, pitfall 1: mask (and unmask) a model that DDP already wraps.
 
-    Returns what each step did (``"ok"`` or the error), and after each step how far the
-    ranks' parameters are apart.
+    Returns what each step did (``"ok"`` or the error), after each step how far the ranks'
+    parameters are apart, and under ``"marks"`` what wrapping added to the model or its
+    parameters that Python can see (attributes, hooks): what a check could look for.
     """
     from .models import digits_mlp
 
@@ -514,7 +530,9 @@ def mask_after_wrapping_worker(rank: int, world_size: int, state: dict, batches:
     report = {}
     model = digits_mlp().to(device)
     model.load_state_dict(state)
+    before = _visible_state(model)
     ddp = wrap_ddp(model, find_unused_parameters=find_unused_parameters)
+    report["marks"] = sorted(set(_visible_state(model)) - set(before))
     try:
         mask_layers(ddp, 0.8)
         report["on the wrapper"] = "ok"
