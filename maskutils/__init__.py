@@ -15,6 +15,8 @@ from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_spars
                         weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import CharTransformerLM, DigitsCNN, DigitsLSTM, DigitsMLP, digits_mlp
+from .oneshot import (input_norms, layer_inputs, one_shot_prune, prunable_weights,
+                      sparsegpt_prune, wanda_mask)
 from .pruning import gradual_magnitude_prune
 from .structured import count_parameters, dead_units, prune_units, shrink
 from .swa import check_fixed_masks, fit_swa
@@ -33,6 +35,8 @@ __all__ = [
     "learnable_mask_layers", "mask_parameters", "weight_parameters",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "CharTransformerLM", "DigitsCNN", "DigitsLSTM", "DigitsMLP", "digits_mlp",
+    "input_norms", "layer_inputs", "one_shot_prune", "prunable_weights", "sparsegpt_prune",
+    "wanda_mask",
     "gradual_magnitude_prune",
     "count_parameters", "dead_units", "prune_units", "shrink",
     "check_fixed_masks", "fit_swa",
