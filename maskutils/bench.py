@@ -338,12 +338,16 @@ def matmul_sweep(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), size: int = 
     - ``rows``: a structured alternative, the dense weight with that fraction of whole rows
       removed (a smaller dense matrix).
 
-    ``X`` is ``size`` x ``batch``. All products of all levels are timed together in
-    interleaved rounds, and each value is the *fastest* round's time per product (the one
-    least disturbed by other load on the machine). Returns ``{"sparsity", "dense_s", "csr_s",
-    "rows_s"}`` (lists of seconds per product, one per sparsity) and ``"max_error"``: the
-    largest difference between the CSR and the dense result, relative to the largest entry
-    of the dense result.
+    One random weight is masked at every level by one random order of its entries (so the
+    zeros of a level include those of the levels below, and a sweep draws its random numbers
+    once): exactly ``round(sparsity * size**2)`` zeros up to 2048 x 2048; above that, where
+    a random permutation is slow, the entries whose uniform random score falls below the
+    sparsity (the fraction removed is then the sparsity up to sampling noise, under 0.1 %). ``X`` is ``size`` x ``batch``. All products of all levels are timed
+    together in interleaved rounds, and each value is the *fastest* round's time per
+    product (the one least disturbed by other load on the machine). Returns ``{"sparsity",
+    "dense_s", "csr_s", "rows_s"}`` (lists of seconds per product, one per sparsity) and
+    ``"max_error"``: the largest difference between the CSR and the dense result, relative
+    to the largest entry of the dense result.
 
     >>> r = matmul_sweep((0.5, 0.9), size=32, batch=4, rounds=1, calls_per_round=1)
     >>> len(r["csr_s"]), r["max_error"] < 1e-5
@@ -361,11 +365,19 @@ def matmul_sweep(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), size: int = 
     device = _device(device)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(size, batch, generator=generator).to(device)
+    weight = torch.randn(size, size, generator=generator)
+    by_order = size <= 2048
+    if by_order:
+        order = torch.randperm(size * size, generator=generator)
+    else:
+        scores = torch.rand(size * size, generator=generator)
     calls, max_error = {}, 0.0
     for i, level in enumerate(levels):
-        weight = torch.randn(size, size, generator=generator)
-        mask = torch.ones(size * size)
-        mask[torch.randperm(size * size, generator=generator)[:round(level * size * size)]] = 0
+        if by_order:
+            mask = torch.ones(size * size)
+            mask[order[:round(level * size * size)]] = 0
+        else:
+            mask = (scores >= level).to(weight.dtype)
         dense = (weight * mask.view(size, size)).to(device)
         with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
             warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support")
@@ -466,15 +478,43 @@ def storage_bytes(model_or_state, fmt: str = "dense", compress: bool = False) ->
     >>> storage_bytes(w) > storage_bytes(w, "csr") > storage_bytes(w, "dense", compress=True)
     True
     """
+    raw = _saved(_state_of(model_or_state), fmt)
+    return _deflated(raw) if compress else len(raw)
+
+
+def storage_sizes(model_or_state, formats=FORMATS) -> dict[tuple[str, bool], int]:
+    """``{(fmt, compressed): bytes}`` for every format in ``formats``, raw and deflated: what
+    ``storage_bytes`` gives for each, with the weights read and saved once per format.
+
+    >>> sizes = storage_sizes({"w": torch.zeros(10, 10)})
+    >>> sorted(sizes)[:2], sizes["dense", False] == storage_bytes({"w": torch.zeros(10, 10)})
+    ([('bitmask', False), ('bitmask', True)], True)
+    """
+    state = _state_of(model_or_state)
+    if isinstance(formats, str):
+        formats = (formats,)
+    out = {}
+    for fmt in formats:
+        raw = _saved(state, fmt)
+        out[fmt, False], out[fmt, True] = len(raw), _deflated(raw)
+    return out
+
+
+def _state_of(model_or_state) -> dict:
     state = plain_state(model_or_state) if isinstance(model_or_state, nn.Module) \
         else model_or_state
     if not isinstance(state, dict):
         raise TypeError("model_or_state must be an nn.Module or a dict {name: tensor}")
+    return state
+
+
+def _saved(state: dict, fmt: str) -> bytes:
     buffer = io.BytesIO()
     torch.save(_encode(state, fmt), buffer)
-    raw = buffer.getvalue()
-    if not compress:
-        return len(raw)
+    return buffer.getvalue()
+
+
+def _deflated(raw: bytes) -> int:
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("weights.pt", raw)

@@ -287,6 +287,57 @@ def _pruned_to_apply_mask(answer, pruned, x) -> str:
     return "it survives copy.deepcopy now, and computes what the pruned model computes."
 
 
+def _mlp_parameters(sizes) -> int:
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+@exercise("6.1", "the parameters shrink removes from an MLP")
+def _units_removed(answer, hidden=(128, 128), removed=(32, 64), n_in=64, n_out=10) -> str:
+    value = _number(answer, "the number of parameters removed")
+    hidden, removed = tuple(hidden), tuple(removed)
+    if len(hidden) != len(removed) or any(not 0 <= r < h for h, r in zip(hidden, removed)):
+        raise Wrong(f"removed={removed} must give, for each hidden layer of {hidden}, a number "
+                    "of units from 0 to one less than its width.")
+    before = _mlp_parameters([n_in, *hidden, n_out])
+    after = _mlp_parameters([n_in, *(h - r for h, r in zip(hidden, removed)), n_out])
+    right = before - after
+    sizes = [n_in, *hidden, n_out]
+    naive = sum(r * (sizes[i] + 1 + sizes[i + 2]) for i, r in enumerate(removed))
+    if value == right:
+        return (f"{right:,} of {before:,} parameters: the shrunk model has {after:,}.")
+    if value == naive:
+        raise Wrong(f"{value:,.0f} counts the weights that join two removed units twice, once "
+                    "as a column and once as a row: count what is left instead.")
+    if value == after:
+        raise Wrong(f"{value:,.0f} is what is left; the question asks for what is removed.")
+    no_bias = right - sum(removed)
+    if value == no_bias:
+        raise Wrong(f"{value:,.0f} forgets the bias entry each removed unit takes with it.")
+    raise Wrong(f"{value:,.0f} is off: a removed unit takes its row and bias in its own layer "
+                "and its column in the next; the next layer may have lost rows too.")
+
+
+@exercise("6.3", "the density below which CSR is smaller than dense")
+def _csr_break_even(answer, n: int = 1024) -> str:
+    value = _number(answer, "the fraction of entries kept")
+    right = (4 * n * n - 4 * (n + 1)) / (8 * n * n)
+    if not 0 <= value <= 1:
+        raise Wrong(f"{value:.3g} is not a fraction of entries kept: give a number in [0, 1].")
+    if abs(value - right) <= 0.005:
+        return (f"below {right:.2%} of entries kept: 8 bytes per kept entry (value and int32 "
+                "column index) against 4 per entry for dense, plus the row pointers.")
+    if abs(value - 1 / 3) <= 0.005:
+        raise Wrong(f"{value:.3g} holds for int64 indices (12 bytes per kept entry); the "
+                    "question stores the indices as int32.")
+    if abs(value - (1 - right)) <= 0.005:
+        raise Wrong(f"{value:.3g} is the sparsity (the fraction removed); the question asks "
+                    "for the fraction kept.")
+    if abs(value - 31 / 32) <= 0.005:
+        raise Wrong(f"{value:.3g} is the break-even of a bitmask with values, not of CSR.")
+    raise Wrong(f"{value:.3g} is off: write the bytes of both formats for a kept fraction d "
+                "and solve for where they are equal.")
+
+
 @exercise("8.1", "Wanda's scores compared across the whole layer instead of per row")
 def _wanda_per_layer(answer, weight, input_norm, sparsity: float = 0.5) -> str:
     for label, value in (("weight", weight), ("input_norm", input_norm)):
@@ -318,3 +369,43 @@ def _wanda_per_layer(answer, weight, input_norm, sparsity: float = 0.5) -> str:
                     "comparison. Rank |W| * ||X|| over the whole layer at once.")
     raise Wrong("some removed weights score higher than kept ones: remove the lowest "
                 "scores |W_ij| * ||X_j|| of the whole layer.")
+
+
+@exercise("7.1", "the transformer LM masked with its tied embedding")
+def _tied_embedding_masked(answer) -> str:
+    model = _module(answer, "the model")
+    embed, head = getattr(model, "embed", None), getattr(model, "head", None)
+    if not isinstance(embed, nn.Embedding) or not isinstance(head, nn.Module):
+        raise Wrong("pass the CharTransformerLM itself (it has .embed and .head)")
+    mask = get_mask(embed)
+    if mask is None:
+        raise Wrong("the token embedding is not masked: mask_layers leaves embeddings out "
+                    "unless you pass embeddings=True")
+    if get_mask(head) is not mask:
+        raise Wrong("the head and the embedding do not read one mask: the tie is broken; "
+                    "mask with mask_layers(..., embeddings=True) or apply_mask(..., model=)")
+    if not torch.equal(head.weight, embed.weight):
+        raise Wrong("the head and the embedding read different weights")
+    removed = float((mask == 0).float().mean())
+    return f"the tied embedding and head read one mask, {removed:.0%} removed."
+
+
+@exercise("7.2", "2:4 masks on every Conv1D weight of a GPT-2")
+def _conv1d_two_four(answer) -> str:
+    model = _module(answer, "the model")
+    layers = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    if not layers:
+        raise Wrong("the model has no Conv1D layer; pass the GPT-2 itself")
+    for name, layer in layers:
+        mask = get_mask(layer)
+        if mask is None:
+            raise Wrong(f"{name} has no mask; give every Conv1D weight one")
+        rows, cols = mask.shape
+        if rows % 4 == 0 and bool((mask.reshape(rows // 4, 4, cols).sum(dim=1) == 2).all()):
+            continue
+        if cols % 4 == 0 and bool((mask.reshape(rows, cols // 4, 4).sum(dim=2) == 2).all()):
+            raise Wrong(f"{name}: your groups of four run along dim=1, the outputs; Conv1D "
+                        "stores its weight as (in, out), so the inputs are dim=0")
+        raise Wrong(f"{name}: some group of four inputs does not keep exactly two weights")
+    return (f"all {len(layers)} Conv1D weights keep 2 of every 4 inputs, the pattern "
+            "sparse tensor cores need.")

@@ -310,9 +310,14 @@ def _check_fraction(sparsity) -> float:
     return value
 
 
-def prune_units(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+def prune_units(model: nn.Module, sparsity: float,
+                scores: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Mask ``round(sparsity * units)`` hidden units with the smallest weight-row L2 norm in
     every hidden ``Linear`` of ``model`` (every Linear but the last), rows and bias entries.
+
+    ``scores``: ``{layer name: one score per unit}`` to rank by instead of the row norm
+    (for example learned unit-gate logits); the lowest scores are removed. Give one entry
+    for every hidden layer (the names are the keys of the returned dict).
 
     Uses ``apply_mask`` on ``weight`` and ``bias``, so masks stack on any already there and
     the model can be fine-tuned with the units held at zero; ``shrink`` then cuts them out.
@@ -330,11 +335,23 @@ def prune_units(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
     prefix = "layers." if seq is not model else ""
     mods = list(seq)
     plans = []
+    names = [f"{prefix}{a}" for a in where[:-1]]
+    if scores is not None:
+        if not isinstance(scores, dict) or sorted(scores) != sorted(names):
+            got = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
+            raise ValueError(f"scores must be a dict with one entry per hidden layer, "
+                             f"{names}; got {got}")
     with _EvalMode(model):
         for a in where[:-1]:
             weight, _ = _effective(mods[a])
             norms = weight.norm(dim=1)
             n = weight.shape[0]
+            if scores is not None:
+                given = scores[f"{prefix}{a}"]
+                if not isinstance(given, torch.Tensor) or given.numel() != n:
+                    raise ValueError(f"scores[{prefix + str(a)!r}] must be a tensor of {n} "
+                                     f"scores, one per unit, got {getattr(given, 'shape', given)}")
+                norms = given.detach().flatten().to(weight.device, weight.dtype)
             drop = round(sparsity * n)
             if drop >= n:
                 raise ValueError(f"sparsity={sparsity} removes all {n} units of {prefix}{a}; "

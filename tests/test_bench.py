@@ -294,9 +294,10 @@ def test_grouped_bars_draws_one_bar_per_label_and_group():
 from torch import nn  # noqa: E402
 
 from maskutils import apply_mask  # noqa: E402
-from maskutils.bench import (FORMATS, INFERENCE_VARIANTS, CSRLinear, crossover_sparsity,  # noqa: E402
-                             csr_model, format_inference_table, inference_times, plain_state,
-                             run_inference_benchmark, storage_bytes)
+from maskutils.bench import (FORMATS, INFERENCE_VARIANTS, CSRLinear,  # noqa: E402
+                             crossover_sparsity, csr_model, format_inference_table,
+                             inference_times, plain_state, run_inference_benchmark,
+                             storage_bytes, storage_sizes)
 
 TINY_INFERENCE = dict(batch_sizes=(1, 3), hidden=(16, 16), epochs=0, finetune_epochs=0,
                       rounds=2, device="cpu", sparsity=0.9, units_kept=0.25)
@@ -459,3 +460,15 @@ def test_crossover_sparsity(xs, dense, sparse, expected):
     assert crossover_sparsity(xs, dense, sparse) == expected
     with pytest.raises(ValueError, match="one length"):
         crossover_sparsity([0.5], [1.0, 2.0], [1.0])
+
+
+def test_storage_sizes_agree_with_storage_bytes():
+    torch.manual_seed(0)
+    w = torch.randn(30, 30)
+    w[torch.rand(30, 30) < 0.8] = 0.0
+    state = {"w": w}
+    sizes = storage_sizes(state)
+    assert sorted(sizes) == sorted((f, z) for f in FORMATS for z in (False, True))
+    for (fmt, z), n in sizes.items():
+        assert n == storage_bytes(state, fmt, compress=z)
+    assert list(storage_sizes(state, "csr")) == [("csr", False), ("csr", True)]

@@ -308,3 +308,17 @@ def test_deepcopy_of_a_unit_pruned_model_shrinks_alike():
     clone = copy.deepcopy(model)
     x = torch.randn(2, 64)
     assert torch.equal(shrink(clone)(x), shrink(model)(x))
+
+
+def test_prune_units_can_rank_by_given_scores(left_alone):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                          nn.Linear(4, 2))
+    scores = {"0": torch.tensor([4.0, 3.0, 2.0, 1.0]), "2": torch.tensor([0.0, 9.0, 1.0, 2.0])}
+    keep = prune_units(model, 0.5, scores=scores)
+    assert keep["0"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert keep["2"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    fresh = digits_mlp(hidden=(4, 4))
+    wrong_length = {"layers.0": torch.ones(3), "layers.2": torch.ones(4)}
+    for bad in ({"layers.0": torch.ones(4)}, wrong_length, [torch.ones(4)]):
+        with left_alone(fresh), pytest.raises(ValueError, match="scores"):
+            prune_units(fresh, 0.5, scores=bad)
