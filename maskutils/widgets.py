@@ -1,15 +1,19 @@
 """A slider over precomputed settings that works with and without a kernel.
 
-``Slider(render, values)`` displays as
+``Slider(render, values)`` pre-renders every frame to PNG and displays as self-contained
+HTML: an ``<input type="range">``, the frames as data URIs and a few lines of inline
+JavaScript. The same output is the slider everywhere:
 
-- a live ipywidgets slider in Jupyter, JupyterLab, VS Code or Colab (``render`` runs on
-  every move), and
-- its *static twin* everywhere else: every frame pre-rendered to PNG and embedded in
-  self-contained HTML with an ``<input type="range">`` and a few lines of inline JavaScript,
-  so the slider still moves in the rendered book with no kernel and no CDN.
+- in JupyterLab and Notebook 7 (tests/test_jupyterlab.py) and other front ends that run
+  the script of a trusted output (an untrusted one shows the picture of the initial value);
+- in the rendered book, with no kernel and no CDN;
+- in a saved notebook reopened later, with or without a kernel: nothing in the output
+  refers to a kernel-side object, so there is no "Error displaying widget: model not found"
+  (which is what an ipywidgets output shows once its kernel has gone, unless the front end
+  saved the widget state).
 
-Both travel in one display bundle; the front end picks what it can show. The book's
-configuration tells Jupyter Book to render the static twin.
+``Slider.widget()`` gives the kernel-backed ipywidgets version, which calls ``render`` again
+on every move (``display(slider.widget())``); it needs the running kernel that made it.
 
 >>> import matplotlib.pyplot as plt
 >>> from maskutils.widgets import Slider
@@ -88,12 +92,13 @@ class Slider:
             self._html = f"""<div class="maskutils-slider" id="{uid}">
 <label style="display:flex;gap:0.6em;align-items:center;font-family:sans-serif">
 <span>{html.escape(self.label)}</span>
-<input type="range" min="0" max="{len(frames) - 1}" step="1" value="{start}" aria-label="{html.escape(self.label)}" style="flex:1;max-width:24em">
+<input type="range" min="0" max="{len(frames) - 1}" step="1" value="{start}" aria-label="{html.escape(self.label)}" data-lm-suppress-shortcuts="true" style="flex:1;max-width:24em">
 <output>{html.escape(labels[start])}</output></label>
 <img src="{frames[start]}" alt="{html.escape(alts[start])}" style="max-width:100%">
 </div>
 <script>(function () {{
   var root = document.getElementById("{uid}");
+  if (!root) {{ return; }}
   var frames = {json.dumps(frames)}, labels = {json.dumps(labels)}, alts = {json.dumps(alts)};
   var input = root.querySelector("input"), img = root.querySelector("img"), out = root.querySelector("output");
   input.addEventListener("input", function () {{
@@ -104,7 +109,12 @@ class Slider:
         return self._html
 
     def widget(self):
-        """The live ipywidgets version: a selection slider above the redrawn figure."""
+        """The kernel-backed ipywidgets version: a selection slider above the redrawn figure.
+
+        ``render`` runs again on every move, so the figure follows state changed after the
+        slider was made. It lives only as long as its kernel: a notebook saved with it and
+        reopened shows an error in its place unless the front end saved the widget state.
+        """
         import ipywidgets as widgets
         from IPython.display import display
 
@@ -127,11 +137,9 @@ class Slider:
         return widgets.VBox([slider, out])
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        bundle = {"text/plain": f"Slider over {self.label}: {len(self.values)} settings",
-                  "text/html": self.static_html()}
-        try:
-            live = self.widget()._repr_mimebundle_()
-        except ImportError:  # no ipywidgets: the static twin alone
-            return bundle
-        bundle.update({k: v for k, v in live.items() if k != "text/plain"})
-        return bundle
+        # The static twin alone: an ipywidgets view in the same output would win in
+        # JupyterLab and, once saved and reopened without its kernel, show "Error displaying
+        # widget: model not found" instead of the figures (front ends do not fall back to
+        # another representation of the output).
+        return {"text/plain": f"Slider over {self.label}: {len(self.values)} settings",
+                "text/html": self.static_html()}

@@ -156,11 +156,29 @@ def test_static_html_renders_once_and_closes_its_figures():
     assert plt.get_fignums() == []
 
 
-def test_mimebundle_carries_the_static_twin_and_the_live_widget(capsys):
+def test_mimebundle_is_the_static_twin_and_names_no_kernel_object():
+    # A widget view in the output would be what JupyterLab shows, and once the notebook is
+    # saved and reopened without the kernel that made it: "Error displaying widget".
     bundle = Slider(Render(), [1, 2, 3], label="k")._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
     assert "maskutils-slider" in bundle["text/html"]
-    assert "model_id" in bundle["application/vnd.jupyter.widget-view+json"]
+    assert "model_id" not in json.dumps(bundle)
     assert bundle["text/plain"] == "Slider over k: 3 settings"
+
+
+def test_static_twin_keeps_jupyterlab_shortcuts_off_its_range_input():
+    # Without it, JupyterLab's command-mode shortcuts can take the arrow keys of the slider.
+    page = Slider(Render(), [1, 2]).static_html()
+    assert re.search(r'<input type="range"[^>]* data-lm-suppress-shortcuts="true"', page)
+
+
+def test_static_twin_script_finds_its_own_slider_by_id():
+    page = Slider(Render(), [1, 2]).static_html()
+    uid = re.search(r'<div class="maskutils-slider" id="(maskutils-slider-[0-9a-f]{10})">',
+                    page).group(1)
+    assert f'document.getElementById("{uid}")' in page
+    other = Slider(Render(), [1, 2]).static_html()
+    assert uid not in other, "two sliders on one page must not share an id"
 
 
 def test_widget_redraws_when_the_slider_moves(capsys):
