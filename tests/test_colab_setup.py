@@ -92,3 +92,31 @@ def test_chapter_installs_maskutils_and_runs_in_isolation(tmp_path, monkeypatch)
     assert torch_after == torch_before, "the setup cell must not reinstall torch"
     banner = "".join(o.get("text", "") for o in notebook.cells[2].outputs)
     assert banner.startswith("device: ")
+
+
+def _setup_cell() -> str:
+    notebook = nbformat.read(CHAPTER, as_version=4)
+    return next(cell.source for cell in notebook.cells if cell.cell_type == "code")
+
+
+def test_failed_install_says_what_failed_and_what_to_try(tmp_path):
+    missing = tmp_path / "no-such-clone"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
+    env.update(MASKUTILS_SOURCE=str(missing), PIP_DISABLE_PIP_VERSION_CHECK="1",
+               PIP_NO_INDEX="1", PIP_NO_INPUT="1")
+    # -S: no site-packages, so maskutils is missing as on Colab; the cell's own pip runs
+    # as sys.executable without -S and sees its packages.
+    run = subprocess.run([sys.executable, "-S", "-c", _setup_cell()], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"installing maskutils from {missing}" in run.stdout
+    lines = run.stderr.strip().splitlines()
+    last = lines[-1]
+    assert last.startswith("RuntimeError: pip could not install maskutils from "), last
+    assert str(missing) in last
+    assert "pip install -r requirements.txt" in last and "clone" in last
+    assert "MASKUTILS_SOURCE=/path/to/clone" in last
+    # pip's reason is shown, its nested noise is not: one traceback (the cell's), short.
+    assert str(missing) in "\n".join(lines[:-1]), run.stderr
+    assert run.stderr.count("Traceback") == 1 and "CalledProcessError" not in run.stderr
+    assert len(lines) <= 10, run.stderr
