@@ -434,6 +434,7 @@ def test_remove_mask_on_a_deepcopy_leaves_the_other_copies_working():
 
 from maskutils import (CharTransformerLM, MaskedLayers, load_dense_state_dict,  # noqa: E402
                        mask_layers, remove_masks, sparsity)
+from maskutils.apply import Mask  # noqa: E402
 
 
 def _zoo():
@@ -752,3 +753,12 @@ def test_pickling_a_whole_masked_model_is_refused_and_the_state_dict_route_works
     twin.load_state_dict(torch.load(buffer))
     x = torch.randn(2, 64)
     assert torch.equal(twin(x), model(x))
+
+
+
+def test_direct_registration_of_a_mask_keeps_the_original_and_its_storage():
+    layer = nn.Linear(6, 4)
+    weight, storage = layer.weight, layer.weight.data_ptr()
+    parametrize.register_parametrization(layer, "weight", Mask(_mask((4, 6))))
+    assert layer.parametrizations.weight.original is weight
+    assert weight.data_ptr() == storage

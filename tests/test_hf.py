@@ -140,3 +140,21 @@ def test_bert_saved_without_baking_does_not_round_trip(tmp_path):
         return                                           # refused outright: also not silent
     loaded = transformers.BertForMaskedLM.from_pretrained(tmp_path).eval()
     assert not torch.allclose(_logits(loaded), masked_logits)
+
+
+def test_checker_7_2_wants_2_4_along_the_inputs_of_every_conv1d(capsys):
+    from maskutils.exercises import check
+
+    def masked(dim):
+        model = _gpt2()
+        for layer in model.modules():
+            if isinstance(layer, Conv1D):
+                apply_mask(layer, nm_mask(layer.weight, n=2, m=4, dim=dim))
+        return model
+
+    assert check("7.2", masked(0))
+    assert capsys.readouterr().out.startswith("✅ 7.2")
+    assert not check("7.2", masked(1))
+    assert "dim=1, the outputs" in capsys.readouterr().out
+    assert not check("7.2", _gpt2())
+    assert "has no mask" in capsys.readouterr().out

@@ -127,3 +127,19 @@ def test_char_transformer_lm_keeps_its_interface():
         assert isinstance(getattr(lm, name), nn.Module)
     with pytest.raises(ValueError, match="longer than max_len=4"):
         lm(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_checker_7_1_wants_the_tied_embedding_masked_once(capsys):
+    from maskutils.exercises import check
+
+    lm = CharTransformerLM(vocab_size=12, d_model=8, n_heads=2, n_layers=1, max_len=4)
+    assert not check("7.1", copy.deepcopy(lm))
+    assert "embeddings=True" in capsys.readouterr().out
+    one_end = copy.deepcopy(lm)
+    apply_mask(one_end.head, torch.ones(12, 8))          # without model=: one place only
+    assert not check("7.1", one_end)
+    assert "do not read one mask" in capsys.readouterr().out
+    mask_layers(lm, 0.5, embeddings=True)
+    assert check("7.1", lm)
+    assert capsys.readouterr().out.startswith("✅ 7.1")
+    assert not check("7.1", nn.Linear(2, 2))
