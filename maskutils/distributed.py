@@ -91,13 +91,16 @@ def _threads_per_rank(world_size: int) -> int:
 
 
 def _start_method(wanted: str | None) -> str:
-    """``forkserver`` where the platform has it (its server imports torch once, so every launch
+    """``forkserver`` on Linux (its server imports torch once, so every launch
     after the first starts in a fraction of a second), else ``spawn``; or what was asked."""
     import multiprocessing
 
     available = multiprocessing.get_all_start_methods()
     if wanted is None:
-        wanted = "forkserver" if "forkserver" in available else "spawn"
+        # Forking a process that has imported torch is safe on Linux; macOS frameworks are
+        # not fork-safe (Python itself defaults to spawn there), nor is there fork on Windows.
+        linux = sys.platform.startswith("linux")
+        wanted = "forkserver" if linux and "forkserver" in available else "spawn"
     if wanted not in ("spawn", "forkserver") or wanted not in available:
         choices = [m for m in ("spawn", "forkserver") if m in available]
         raise ValueError(f"start_method must be one of {choices} (or None), got {wanted!r}")
@@ -110,7 +113,7 @@ def _start_method(wanted: str | None) -> str:
 def warm_up(start_method: str | None = None) -> str:
     """Start the process server now, so that the first ``launch`` does not wait for it.
 
-    With ``forkserver`` (the default where available) the server imports torch once, in the
+    With ``forkserver`` (the default on Linux) the server imports torch once, in the
     background, while the caller goes on; every ``launch`` then forks from it. Returns the
     start method. Optional: ``launch`` starts the server itself when needed.
 
@@ -194,6 +197,11 @@ def launch(fn, world_size: int = 2, args=(), timeout: float = 300.0,
     ``fn`` must be importable by a fresh process: a function defined at the top level of a
     module, not in a notebook or ``__main__``, not a lambda. The processes' stderr (gloo's
     messages, warnings) is kept out of the caller's output.
+
+    ``start_method=None`` forks the processes from a fork server on Linux (a process that
+    imported torch once: the first launch waits for that import, later ones do not; the
+    server does not see modules edited after it started) and spawns fresh interpreters
+    elsewhere; ``"spawn"`` or ``"forkserver"`` chooses. ``timeout`` (seconds) stops them all.
 
     >>> from maskutils.distributed import example_worker
     >>> launch(example_worker, world_size=2)
