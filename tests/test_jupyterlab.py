@@ -41,6 +41,8 @@ NAME = CHAPTER.name
 WIDGET_ERROR = "Error displaying widget"
 TIMINGS: dict[str, float] = {}  # printed at the end of the module (pytest -s shows them)
 
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+
 # JupyterLab settings for the test's own settings folder: every cell stays in the page
 # (the default windowing leaves off-screen cells out of the DOM), and no news or update
 # check is fetched from the internet.
@@ -163,7 +165,7 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def context(lab, browser):  # noqa: F811
+def context(browser, lab):  # noqa: F811  (browser first: no server when the test is skipped)
     blocked: list[str] = []
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     # Offline: only the local server answers; a CDN request would fail here as on a laptop.
@@ -212,7 +214,7 @@ def _move_slider(page, index: int = 0) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def ran(lab, context):
+def ran(context, lab):
     """The chapter after Run All Cells and Save, as the page shows it and as saved."""
     start = time.monotonic()
     page = _open(context, lab)
@@ -257,7 +259,7 @@ def test_a_slider_changes_its_figure_when_moved(ran):
 
 
 @pytest.fixture(scope="module")
-def reopened(lab, context, ran):
+def reopened(context, lab, ran):
     """The saved notebook opened again after its kernel, with every widget model, is gone."""
     page, saved = ran
     page.close()
