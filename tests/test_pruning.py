@@ -232,9 +232,10 @@ def test_bad_input_is_refused_and_the_model_left_alone(left_alone, kwargs, error
         gradual_magnitude_prune(model, _data(), **kwargs)
 
 
-def test_non_module_is_refused():
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        gradual_magnitude_prune([nn.Linear(2, 2)], _data(), 0.5)
+def test_non_module_is_refused(left_alone):
+    layer = nn.Linear(12, 4)
+    with left_alone(layer), pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        gradual_magnitude_prune([layer], _data(), 0.5)
 
 
 def test_model_without_prunable_layers_is_refused(left_alone):
