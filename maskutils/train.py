@@ -19,6 +19,47 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
+def _progress_bar(epochs: int, enabled: bool):
+    """A ``tqdm.auto`` bar over the epochs that leaves nothing behind when it closes.
+
+    In a notebook, tqdm's widget bar with ``leave=False`` is hidden on close, but the saved
+    output still refers to the closed widget: a reopened notebook shows "Error displaying
+    widget" there, and the HTML book a frozen bar. This bar is displayed through a display
+    handle and replaced by empty output when it closes.
+    """
+    bar_class = tqdm
+    try:
+        from tqdm.notebook import tqdm as notebook_tqdm
+    except ImportError:  # pragma: no cover - tqdm without its notebook module
+        notebook_tqdm = None
+    if enabled and notebook_tqdm is not None and issubclass(tqdm, notebook_tqdm):
+        bar_class = _vanishing_notebook_bar(tqdm)  # tqdm.auto chose the widget bar
+    # The bar appears only when training takes longer than a second: a digits run of a few
+    # hundred milliseconds would otherwise leave a bar in every rendered page.
+    return bar_class(range(1, epochs + 1), desc="epochs", disable=not enabled, leave=False,
+                     delay=1.0)
+
+
+def _vanishing_notebook_bar(widget_tqdm):
+    from IPython.display import HTML, display
+
+    class VanishingBar(widget_tqdm):
+        def display(self, *args, check_delay=True, **kwargs):
+            if check_delay and self.delay > 0 and not self.displayed:
+                self._handle = display(self.container, display_id=True)
+                self.displayed, check_delay = True, False
+            return super().display(*args, check_delay=check_delay, **kwargs)
+
+        def close(self):
+            super().close()
+            handle = getattr(self, "_handle", None)
+            if handle is not None:
+                handle.update(HTML(""))  # the saved output holds no widget
+                self._handle = None
+
+    return VanishingBar
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -92,16 +133,24 @@ def fit(
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     device = _model_device(model)
-    loss_fn = nn.CrossEntropyLoss()
     history: dict[str, list] = {"epoch": [], "train_loss": []}
     if val_loader is not None:
         history["val_acc"] = []
     if test_loader is not None:
         history["test_acc"] = []
+    bar = _progress_bar(epochs, progress)
+    try:
+        _train_epochs(model, train_loader, bar, optimizer, device, penalty, on_step, on_epoch,
+                      val_loader, test_loader, history)
+    finally:
+        bar.close()
+    return history
+
+
+def _train_epochs(model, train_loader, bar, optimizer, device, penalty, on_step, on_epoch,
+                  val_loader, test_loader, history) -> None:
+    loss_fn = nn.CrossEntropyLoss()
     step = 0
-    # The bar appears only when training takes longer than a second: a digits run of a few
-    # hundred milliseconds would otherwise leave a frozen bar in every rendered page.
-    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=False, delay=1.0)
     for epoch in bar:
         model.train()
         total, batches = 0.0, 0
@@ -129,4 +178,3 @@ def fit(
             history["test_acc"].append(evaluate(model, test_loader))
         if on_epoch is not None:
             on_epoch(epoch, model)
-    return history

@@ -288,20 +288,10 @@ def test_reopened_notebook_still_shows_and_moves_its_sliders(reopened):
     assert dragged[1] != start[1] and stepped[1] != dragged[1]
 
 
-def _progress_bar(cell: dict) -> bool:
-    texts = ["".join(o.get("data", {}).get("text/plain", "")) for o in cell.get("outputs", [])]
-    return any(text.startswith("epochs:") for text in texts)
-
-
 def test_reopened_notebook_shows_no_widget_error(reopened):
-    page, saved = reopened
+    page, _ = reopened
     errors = [c["index"] for c in _cells(page) if WIDGET_ERROR in c["output"]]
-    others = [i for i in errors if not _progress_bar(saved["cells"][i])]
-    assert not others, f"'{WIDGET_ERROR}' in reopened cells {others}"
-    if errors:
-        # fit()'s tqdm bar (maskutils/train.py) shows when training lasts over a second;
-        # it closes itself, but the saved output still names its widget model.
-        pytest.xfail(f"fit's closed progress bar shows '{WIDGET_ERROR}' in cells {errors}")
+    assert not errors, f"'{WIDGET_ERROR}' in reopened cells {errors}"
 
 
 def teardown_module():

@@ -182,3 +182,25 @@ def test_evaluate_of_an_empty_loader_is_a_value_error():
 def test_fit_on_an_empty_loader_is_a_value_error():
     with pytest.raises(ValueError, match="no batches"):
         fit(digits_mlp(), [], epochs=1, progress=False)
+
+
+def test_progress_bar_leaves_no_widget_in_the_saved_notebook():
+    """fit's bar shows in a kernel when training lasts over a second, then leaves no widget
+    behind: a reopened notebook would show "Error displaying widget" for a closed one."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = ("import time\nfrom maskutils import digits_loaders, digits_mlp, fit\n"
+            "train, _ = digits_loaders(batch_size=512)\n"
+            "print('before')\n"
+            "h = fit(digits_mlp(), train, epochs=3, on_epoch=lambda e, m: time.sleep(0.7))\n"
+            "print('after', len(h['epoch']))")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    shown = [o for o in outputs if o.get("output_type") == "display_data"]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert shown, "the bar was displayed (training took over a second)"
+    assert not widgets, "the closed bar's widget is still in the saved output"
+    assert "before" in text and "after 3" in text, "the cell's own output stays"
