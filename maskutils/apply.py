@@ -579,12 +579,17 @@ class MaskedLayers(dict):
         lines = [f"masked {len(self)} parameter(s):"]
         for name, mask in self.items():
             removed = int((mask == 0).sum())
-            also = f"  (tied: also {', '.join(self.tied[name])})" if name in self.tied else ""
             lines.append(f"  {name} {tuple(mask.shape)}: {removed / mask.numel():.0%} "
-                         f"of {mask.numel():,} removed{also}")
+                         f"of {mask.numel():,} removed")
+            if name in self.tied:
+                lines.append(f"    tied: also {', '.join(self.tied[name])}")
         if self.left_out:
             lines.append(f"left out {len(self.left_out)}:")
-            lines += [f"  {name}: {why}" for name, why in self.left_out.items()]
+            for name, why in self.left_out.items():
+                why, _, tie = why.partition("; tied to ")
+                lines.append(f"  {name}: {why}")
+                if tie:
+                    lines.append(f"    tied: also {tie}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
