@@ -378,46 +378,6 @@ def _tied_embedding_masked(answer) -> str:
     if not isinstance(embed, nn.Embedding) or not isinstance(head, nn.Module):
         raise Wrong("pass the CharTransformerLM itself (it has .embed and .head)")
     mask = get_mask(embed)
-    if mask is None:
-        raise Wrong("the token embedding is not masked: mask_layers leaves embeddings out "
-                    "unless you pass embeddings=True")
-    if get_mask(head) is not mask:
-        raise Wrong("the head and the embedding do not read one mask: the tie is broken; "
-                    "mask with mask_layers(..., embeddings=True) or apply_mask(..., model=)")
-    if not torch.equal(head.weight, embed.weight):
-        raise Wrong("the head and the embedding read different weights")
-    removed = float((mask == 0).float().mean())
-    return f"the tied embedding and head read one mask, {removed:.0%} removed."
-
-
-@exercise("7.2", "2:4 masks on every Conv1D weight of a GPT-2")
-def _conv1d_two_four(answer) -> str:
-    model = _module(answer, "the model")
-    layers = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
-    if not layers:
-        raise Wrong("the model has no Conv1D layer; pass the GPT-2 itself")
-    for name, layer in layers:
-        mask = get_mask(layer)
-        if mask is None:
-            raise Wrong(f"{name} has no mask; give every Conv1D weight one")
-        rows, cols = mask.shape
-        if rows % 4 == 0 and bool((mask.reshape(rows // 4, 4, cols).sum(dim=1) == 2).all()):
-            continue
-        if cols % 4 == 0 and bool((mask.reshape(rows, cols // 4, 4).sum(dim=2) == 2).all()):
-            raise Wrong(f"{name}: your groups of four run along dim=1, the outputs; Conv1D "
-                        "stores its weight as (in, out), so the inputs are dim=0")
-        raise Wrong(f"{name}: some group of four inputs does not keep exactly two weights")
-    return (f"all {len(layers)} Conv1D weights keep 2 of every 4 inputs, the pattern "
-            "sparse tensor cores need.")
-
-
-@exercise("7.1", "the transformer LM masked with its tied embedding")
-def _tied_embedding_masked(answer) -> str:
-    model = _module(answer, "the model")
-    embed, head = getattr(model, "embed", None), getattr(model, "head", None)
-    if not isinstance(embed, nn.Embedding) or not isinstance(head, nn.Module):
-        raise Wrong("pass the CharTransformerLM itself (it has .embed and .head)")
-    mask = get_mask(embed)
     if mask is None and get_mask(head) is None:
         raise Wrong("the token embedding is not masked: mask_layers leaves embeddings out "
                     "unless you pass embeddings=True")
