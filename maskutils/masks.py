@@ -133,20 +133,29 @@ def _is_parametrized(module: nn.Module) -> bool:
     return isinstance(getattr(module, "parametrizations", None), nn.ModuleDict)
 
 
+def _pruned_original(module: nn.Module, name: str) -> bool:
+    """Is ``name`` the dense ``<x>_orig`` that ``torch.nn.utils.prune`` keeps beside ``<x>``?"""
+    base = name[: -len("_orig")]
+    return (name.endswith("_orig") and hasattr(module, base + "_mask")
+            and isinstance(getattr(module, base, None), torch.Tensor))
+
+
 def _measured(module: nn.Module):
     """Every tensor ``sparsity(module)`` measures, once each (tied parameters count once).
 
     The ``weight`` of every layer that has one, every parameter with at least two dimensions
     (``in_proj_weight``, ``weight_ih_l0``, ...) and every parametrized (masked) tensor whatever
     its name, all as the layer reads them (masks applied). Parametrization internals (the stored
-    ``original``, mask buffers, gate logits) are not layers and are not measured.
+    ``original``, mask buffers, gate logits) and ``torch.nn.utils.prune``'s dense ``weight_orig``
+    are not what the layer computes with and are not measured.
     """
     seen: set[int] = set()
     stack = [module]
     while stack:
         sub = stack.pop()
         parametrized = _is_parametrized(sub)
-        names = [n for n, p in sub.named_parameters(recurse=False) if p.dim() >= 2]
+        names = [n for n, p in sub.named_parameters(recurse=False)
+                 if p.dim() >= 2 and not _pruned_original(sub, n)]
         if isinstance(getattr(sub, "weight", None), torch.Tensor):
             names.append("weight")
         if parametrized:

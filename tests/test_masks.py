@@ -291,3 +291,16 @@ def test_sparsity_ignores_parametrization_internals():
         layer.weight.fill_(1.0)
     apply_learnable_mask(layer, gate="ste", init_logit=-3.0)   # every gate closed
     assert sparsity(layer) == 1.0               # the logits (non-zero) are not a layer weight
+
+
+def test_sparsity_of_a_model_pruned_with_torch_prune_measures_the_effective_weights():
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10))
+    layers = [(model[0], "weight"), (model[2], "weight")]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.9)
+    assert sparsity(model) == pytest.approx(0.9, abs=1 / 900)   # not the dense weight_orig too
+    extra = nn.Module()
+    extra.weight_orig = nn.Parameter(torch.ones(3, 3))   # a name alone is not prune's
+    assert sparsity(extra) == 0.0
