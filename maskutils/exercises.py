@@ -410,3 +410,27 @@ def _conv1d_two_four(answer) -> str:
         raise Wrong(f"{name}: some group of four inputs does not keep exactly two weights")
     return (f"all {len(layers)} Conv1D weights keep 2 of every 4 inputs, the pattern "
             "sparse tensor cores need.")
+
+
+@exercise("9.1", "find_unused_parameters=True hides the error of masking after wrapping")
+def _ranks_drift_apart(answer) -> str:
+    """``answer``: the largest difference between the ranks' weights after each step."""
+    if isinstance(answer, torch.Tensor):
+        answer = answer.tolist()
+    if not isinstance(answer, (list, tuple)) or not all(
+            isinstance(s, numbers.Real) and not isinstance(s, bool) for s in answer):
+        raise Wrong("pass the list of the ranks' largest weight difference after each step, "
+                    f"e.g. quiet['spread']; got {type(answer).__name__}")
+    if len(answer) < 2:
+        raise Wrong("pass the difference after every step (at least two steps) to see a trend")
+    if any(math.isnan(s) or s < 0 for s in answer):
+        raise Wrong("a difference between weights is a non-negative number; check how you "
+                    "measured it (the largest absolute difference)")
+    if max(answer) == 0:
+        raise Wrong("the ranks never differ in this run: was the mask applied after wrapping, "
+                    "with find_unused_parameters=True?")
+    if not all(b >= a for a, b in zip(answer, answer[1:])):
+        raise Wrong("the differences you passed do not grow step by step; pass them in step "
+                    "order")
+    return (f"no error, and the ranks drift apart at every step ({answer[0]:.1e} to "
+            f"{answer[-1]:.1e}): DDP never averages the gradients of the re-masked weights.")

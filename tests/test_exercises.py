@@ -289,3 +289,20 @@ def test_every_chapter_has_a_checker():
     assert len(NOTEBOOKS) >= 5
     chapters = {name.split(".")[0] for name in exercises()}
     assert {"1", "2", "3", "4", "5"} <= chapters
+
+
+@pytest.mark.parametrize("answer, says", [
+    ([0.0, 0.0, 0.0], "never differ"),
+    ([3e-3, 1e-3], "do not grow"),
+    ([1e-3], "at least two"),
+    ([1e-3, float("nan")], "non-negative"),
+    ("apart", "list"),
+])
+def test_drifting_ranks_checker_says_what_is_wrong(answer, says, capsys):
+    assert not check("9.1", answer)
+    assert says in capsys.readouterr().out
+
+
+def test_drifting_ranks_checker_accepts_a_growing_spread(capsys):
+    assert check("9.1", [2.0e-3, 4.0e-3, 5.9e-3, 7.6e-3])
+    assert capsys.readouterr().out.startswith("✅ 9.1")
