@@ -114,3 +114,9 @@ def test_no_cell_ends_in_a_matplotlib_call_that_prints_its_return_value(path):
                       if line.strip() and not line.startswith((" ", "\t", ")", "]", "}"))]
         if statements and setter.match(statements[-1]):
             pytest.fail(f"{path.name} cell {i} ends in {statements[-1]!r}: assign it")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_chapter_has_the_same_setup_cell(path):
+    first = source(cells(NOTEBOOKS[0], "code")[0])
+    assert source(cells(path, "code")[0]) == first, "copy chapter 1's setup cell verbatim"
