@@ -56,3 +56,19 @@ def left_alone():
     """``with left_alone(module), pytest.raises(...): bad_call(module)`` checks the call failed
     AND left the module exactly as it was (state_dict, Parameter objects, parametrization)."""
     return _left_alone
+
+
+@pytest.fixture(scope="session")
+def chapter_run():
+    """``chapter_run(path)``: the chapter's one execution in this session (see chapter_run.py);
+    the first call runs it, later calls (the asserts, the solutions, the book) reuse it."""
+    from chapter_run import execute
+
+    runs = {}
+
+    def _run(path):
+        if path not in runs:
+            runs[path] = execute(path)
+        return runs[path]
+
+    return _run

@@ -1,4 +1,4 @@
-"""Checks of the chapter notebooks as files (nbval executes them; see pyproject.toml)."""
+"""Checks of the chapter notebooks as files (tests/test_chapters.py executes them)."""
 from __future__ import annotations
 
 import json
