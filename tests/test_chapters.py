@@ -18,7 +18,7 @@ import pytest
 
 from jupyter_cache import get_cache
 
-from chapter_run import execute, refusals, solutions
+from chapter_run import WIDGET_VIEW, _keep_chapter_widgets, execute, refusals, solutions
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -103,3 +103,24 @@ def test_a_failing_chapter_cell_is_reported_and_nothing_is_cached(tmp_path):
     assert run.chapter_failed and run.failed_cell == 0
     assert "the claim" in run.error
     assert get_cache(str(tmp_path / "cache")).list_cache_records() == []
+
+
+def _with_widgets(shown: list[str], state: dict):
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("w")])
+    notebook.cells[0].outputs = [nbformat.v4.new_output(
+        "display_data", data={WIDGET_VIEW: {"model_id": m}, "text/plain": "w"}) for m in shown]
+    notebook.metadata.widgets = {"application/vnd.jupyter.widget-state+json":
+                                 {"state": state, "version_major": 2, "version_minor": 0}}
+    return notebook
+
+
+def test_the_cached_chapter_keeps_only_the_widgets_its_outputs_show():
+    state = {"aa": {"state": {"layout": "IPY_MODEL_bb"}}, "bb": {"state": {}},
+             "cc": {"state": {"layout": "IPY_MODEL_dd"}}, "dd": {"state": {}}}
+    shown = _with_widgets(["aa"], state)
+    _keep_chapter_widgets(shown)   # aa and the layout it references stay; a solution's go
+    kept = shown.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    assert sorted(kept) == ["aa", "bb"]
+    none_shown = _with_widgets([], state)
+    _keep_chapter_widgets(none_shown)
+    assert "widgets" not in none_shown.metadata
