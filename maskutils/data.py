@@ -66,7 +66,16 @@ def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: 
     else:
         order = SequentialSampler(data)
     # Whole batches are indexed at once: far faster than collating single samples.
-    return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(data, sampler=_IndexBatches(order, batch_size, drop_last=False), batch_size=None)
+
+
+class _IndexBatches(BatchSampler):
+    """``BatchSampler``'s batches as index tensors: the same order from the same draws of the
+    sampler's generator, but a tensor indexes the data several times faster than a list."""
+
+    def __iter__(self):
+        order = torch.tensor(list(self.sampler), dtype=torch.long)  # one conversion per epoch
+        yield from order.split(self.batch_size)
 
 
 def _check_batch_and_seed(batch_size, seed) -> None:

@@ -167,6 +167,26 @@ def test_same_seed_gives_the_same_batches_epoch_after_epoch():
     assert not _same(first_a, second_a)  # the training loader reshuffles each epoch
 
 
+@pytest.mark.parametrize("batch_size", [64, 256, 1000])
+def test_batches_follow_torchs_random_and_batch_sampler_draw_for_draw(batch_size):
+    # The loader indexes with tensors for speed; the order must stay what torch's own
+    # RandomSampler + BatchSampler give from the same generator, epoch after epoch and
+    # after reseeding (chapter 4 reseeds loader.sampler.sampler.generator).
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    train, _ = digits_loaders(batch_size=batch_size, seed=5)
+    x_all, y_all = train.dataset.tensors
+    reference = BatchSampler(RandomSampler(train.dataset, generator=torch.Generator().manual_seed(5)),
+                             batch_size, drop_last=False)
+    for epoch in range(3):
+        if epoch == 2:
+            train.sampler.sampler.generator.manual_seed(11)
+            reference.sampler.generator.manual_seed(11)
+        expected = [(x_all[i], y_all[i]) for i in reference]
+        assert len(train) == len(expected)
+        assert _same(_epoch(train), expected)
+
+
 def test_different_seeds_give_a_different_order():
     a, _ = digits_loaders(seed=0)
     b, _ = digits_loaders(seed=1)
