@@ -37,6 +37,8 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .parallel import parallel_map, worker_count
+
 
 def figure_png(fig: Figure, dpi: int = 80) -> bytes:
     """PNG bytes of ``fig``; the figure is closed (so it is not shown twice)."""
@@ -53,11 +55,15 @@ class Slider:
     - ``value``: the initial setting (default: the first value).
     - ``fmt``: turns a value into the text shown beside the slider.
     - ``alt``: turns a value into the alt text of its picture.
+    - ``processes``: the frames are rendered side by side in forked processes where
+      ``maskutils.parallel.parallel_map`` can (the same pictures, sooner); ``render`` must then
+      not rely on side effects of its earlier calls. ``processes=1`` renders them here.
     """
 
     def __init__(self, render: Callable[[object], Figure], values: Sequence, label: str = "value",
                  value=None, fmt: Callable[[object], str] = str,
-                 alt: Callable[[object], str] | None = None, dpi: int = 80):
+                 alt: Callable[[object], str] | None = None, dpi: int = 80,
+                 processes: int | None = None):
         if not callable(render):
             raise TypeError("render must be a function value -> matplotlib Figure")
         values = list(values)
@@ -69,6 +75,8 @@ class Slider:
             raise ValueError(f"value {value!r} is not one of the slider's values {values!r}")
         self.render, self.values, self.label = render, values, label
         self.value, self.fmt, self.dpi = value, fmt, dpi
+        worker_count(len(values), processes)  # refuses a bad count now, not at display
+        self.processes = processes
         self.alt = alt or (lambda v: f"figure for {label} = {fmt(v)}")
         self._html: str | None = None
 
@@ -78,13 +86,14 @@ class Slider:
             raise TypeError(f"render({value!r}) returned {type(fig).__name__}, not a matplotlib Figure")
         return fig
 
+    def _png(self, value) -> bytes:
+        return figure_png(self._figure(value), self.dpi)
+
     def static_html(self) -> str:
         """Self-contained HTML: all frames as data URIs, a range input and inline JavaScript."""
         if self._html is None:
-            frames = [
-                "data:image/png;base64," + base64.b64encode(figure_png(self._figure(v), self.dpi)).decode()
-                for v in self.values
-            ]
+            pngs = parallel_map(self._png, [(v,) for v in self.values], self.processes)
+            frames = ["data:image/png;base64," + base64.b64encode(png).decode() for png in pngs]
             labels = [self.fmt(v) for v in self.values]
             alts = [self.alt(v) for v in self.values]
             start = self.values.index(self.value)

@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from maskutils.plot import curves, heatmap, heatmaps
+from maskutils.parallel import worker_count
 from maskutils.widgets import Slider
 
 MASK = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]])
@@ -125,11 +126,16 @@ class Render:
         return fig
 
 
+def frames_of(page):
+    return json.loads(re.search(r"var frames = (\[.*?\]), labels", page).group(1))
+
+
 def test_static_html_embeds_one_png_frame_per_value():
     values = [0.1, 0.5, 0.9]
     render = Render()
-    page = Slider(render, values, label="sparsity", value=0.5, fmt=lambda v: f"{v:.0%}").static_html()
-    frames = json.loads(re.search(r"var frames = (\[.*?\]), labels", page).group(1))
+    page = Slider(render, values, label="sparsity", value=0.5, fmt=lambda v: f"{v:.0%}",
+                  processes=1).static_html()
+    frames = frames_of(page)
     assert len(frames) == len(values) == len(set(frames))
     for frame in frames:
         assert frame.startswith("data:image/png;base64,")
@@ -150,7 +156,7 @@ def test_static_html_has_a_range_input_and_the_initial_label():
 
 def test_static_html_renders_once_and_closes_its_figures():
     render = Render()
-    slider = Slider(render, [1, 2])
+    slider = Slider(render, [1, 2], processes=1)
     assert slider.static_html() == slider.static_html()
     assert render.calls == [1, 2]
     assert plt.get_fignums() == []
@@ -201,6 +207,23 @@ def test_slider_needs_at_least_one_value():
 def test_slider_initial_value_must_be_one_of_the_values():
     with pytest.raises(ValueError, match=r"value 4 is not one of the slider's values \[1, 2, 3\]"):
         Slider(Render(), [1, 2, 3], value=4)
+
+
+@pytest.mark.skipif(worker_count(4, 2) == 1, reason="parallel_map runs its loop here")
+def test_frames_rendered_in_workers_are_the_frames_rendered_here():
+    values = [0.1, 0.3, 0.5, 0.9]
+    render = Render()
+    shared = frames_of(Slider(render, values).static_html())
+    assert render.calls == [], "the frames were drawn in worker processes"
+    assert shared == frames_of(Slider(render, values, processes=1).static_html())
+    assert render.calls == values
+    assert plt.get_fignums() == []
+
+
+@pytest.mark.parametrize("processes", [0, 2.5])
+def test_slider_refuses_a_bad_process_count_at_once(processes):
+    with pytest.raises(ValueError, match="processes must be an int >= 1"):
+        Slider(Render(), [1, 2], processes=processes)
 
 
 def test_slider_render_must_be_callable():
