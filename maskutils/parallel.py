@@ -72,6 +72,15 @@ def _check_count(value, name: str, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def _import_what_every_run_imports() -> None:
+    """The first optimizer a process creates imports ``torch._dynamo`` (a second or more):
+    import it once here, so that the forked workers inherit it instead of each paying it."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # pragma: no cover - a torch without it
+        pass
+
+
 def _run_one(index: int) -> bytes:
     """In a worker: run ``index`` and its pickled result (the executor sends errors back)."""
     fn, settings = _TASK
@@ -112,6 +121,7 @@ def parallel_map(fn: Callable, settings: Sequence[tuple], processes: int | None 
     workers = worker_count(len(settings), processes)
     if workers == 1:
         return [fn(*args) for args in settings]
+    _import_what_every_run_imports()
     _TASK = (fn, settings)  # the workers are forked below and inherit it
     try:
         fork = multiprocessing.get_context("fork")
