@@ -19,7 +19,7 @@ from .oneshot import (input_norms, layer_inputs, one_shot_prune, prunable_weight
                       sparsegpt_prune, wanda_mask)
 from .pruning import gradual_magnitude_prune
 from .structured import count_parameters, dead_units, prune_units, shrink
-from .report import mean_range
+from .report import glue, mean_range
 from .swa import check_fixed_masks, fit_swa
 from .train import evaluate, evaluate_loss, fit
 
@@ -40,7 +40,7 @@ __all__ = [
     "wanda_mask",
     "gradual_magnitude_prune",
     "count_parameters", "dead_units", "prune_units", "shrink",
-    "mean_range",
+    "glue", "mean_range",
     "check_fixed_masks", "fit_swa",
     "evaluate", "evaluate_loss", "fit",
 ]
