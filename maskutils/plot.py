@@ -43,7 +43,38 @@ def _as_2d(x) -> np.ndarray:
     return x
 
 
-def _draw(ax, data: np.ndarray, kind: str, title: str | None, vmax: float | None):
+GROUP_LINE_COLOUR = "0.55"  # mid grey: visible on cividis' navy and yellow, and on white
+
+
+def _check_column_group(column_group):
+    """Refuse a bad ``column_group`` before anything is drawn."""
+    if column_group is None:
+        return
+    if isinstance(column_group, bool) or not isinstance(column_group, (int, np.integer)) \
+            or column_group < 2:
+        raise ValueError(f"column_group must be an int >= 2, the width of a group of columns "
+                         f"(4 for a 2:4 mask), or None for no lines; got {column_group!r}")
+
+
+def _check_legend_loc(legend_loc):
+    if legend_loc is not None and not isinstance(legend_loc, str):
+        raise TypeError(f"legend_loc must be a matplotlib location such as 'best' or "
+                        f"'lower right', 'outside' (right of the axes) or None (no legend); "
+                        f"got {legend_loc!r}")
+
+
+def _legend(ax, legend_loc, **kwargs):
+    """The axes' legend at ``legend_loc``; ``"outside"`` puts it right of the axes."""
+    if legend_loc is None:
+        return None
+    if legend_loc == "outside":
+        return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                         **kwargs)
+    return ax.legend(loc=legend_loc, **kwargs)
+
+
+def _draw(ax, data: np.ndarray, kind: str, title: str | None, vmax: float | None,
+          column_group: int | None = None):
     if kind == "mask":
         im = ax.imshow(data, cmap=MASK_CMAP, norm=BoundaryNorm([-0.5, 0.5, 1.5], 2),
                        interpolation="nearest", aspect="auto")
@@ -51,9 +82,13 @@ def _draw(ax, data: np.ndarray, kind: str, title: str | None, vmax: float | None
         lim = vmax if vmax is not None else float(np.abs(data).max()) or 1.0
         im = ax.imshow(data, cmap=SIGNED_CMAP, vmin=-lim, vmax=lim,
                        interpolation="nearest", aspect="auto")
+    if column_group:  # a thin line between groups, e.g. the groups of four of a 2:4 mask
+        for edge in range(column_group, data.shape[1], column_group):
+            ax.axvline(edge - 0.5, color=GROUP_LINE_COLOUR, linewidth=1.0)
     ax.set_xlabel("input unit (column)")
     ax.set_ylabel("output unit (row)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # "auto": as many ticks as the panel's width has room for (3-digit labels do not touch)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         ax.set_title(title)
@@ -68,15 +103,25 @@ def _colorbar(fig, im, axes, kind: str):
 
 
 def heatmaps(tensors: dict, kind="mask", suptitle: str | None = None,
-             shared_scale: bool = True, ncols: int | None = None, size: float = 3.2):
+             shared_scale: bool = True, ncols: int | None = None, size: float = 3.2,
+             column_group: int | None = None):
     """Side-by-side heatmaps of 2-D tensors: ``{panel title: tensor}``.
 
     ``kind`` is ``"mask"``, ``"weight"`` or ``"gradient"`` (sets the colour map and bar label),
     or a dict ``{panel title: kind}`` to mix kinds (each panel then gets its own colour bar).
     With ``shared_scale`` signed panels share one colour scale, so they compare directly.
+    ``column_group`` draws a thin grey line every that many columns, so that groups along
+    the input dimension show (``column_group=4`` for the groups of a 2:4 mask).
+
+    >>> import torch
+    >>> fig = heatmaps({"2:4": torch.tensor([[1., 0., 1., 0., 0., 1., 1., 0.]])},
+    ...                column_group=4)
+    >>> [line.get_xdata()[0] for line in fig.axes[0].lines]
+    [3.5]
     """
     if not isinstance(tensors, dict) or not tensors:
         raise ValueError("tensors must be a non-empty dict {panel title: 2-D tensor}")
+    _check_column_group(column_group)
     kinds = dict(kind) if isinstance(kind, dict) else {title: kind for title in tensors}
     for title in tensors:
         if kinds.get(title) not in _KINDS:
@@ -94,7 +139,7 @@ def heatmaps(tensors: dict, kind="mask", suptitle: str | None = None,
                                                     size * nrows),
                              squeeze=False, constrained_layout=True)
     for ax, (title, data) in zip(axes.flat, arrays.items()):
-        im = _draw(ax, data, kinds[title], title, vmax)
+        im = _draw(ax, data, kinds[title], title, vmax, column_group)
         if mixed:
             _colorbar(fig, im, ax, kinds[title])
     for ax in list(axes.flat)[len(arrays):]:
@@ -106,28 +151,50 @@ def heatmaps(tensors: dict, kind="mask", suptitle: str | None = None,
     return fig
 
 
-def heatmap(tensor, kind: str = "mask", title: str | None = None, ax=None, vmax: float | None = None):
-    """One heatmap; draws on ``ax`` if given, else on a new figure. Returns the figure."""
+def heatmap(tensor, kind: str = "mask", title: str | None = None, ax=None, vmax: float | None = None,
+            column_group: int | None = None):
+    """One heatmap; draws on ``ax`` if given, else on a new figure. Returns the figure.
+
+    ``column_group`` draws a thin line every that many columns, as in ``heatmaps``.
+    """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    _check_column_group(column_group)
     fig, ax = _figure_and_axes(ax, figsize=(4.5, 3.5))
-    im = _draw(ax, _as_2d(tensor), kind, title, vmax)
+    im = _draw(ax, _as_2d(tensor), kind, title, vmax, column_group)
     _colorbar(fig, im, ax, kind)
     return fig
 
 
+def _whole_numbers(xs: np.ndarray) -> bool:
+    return bool(xs.size) and bool(np.all(np.isfinite(xs))) and bool(np.all(xs == np.round(xs)))
+
+
 def curves(x, ys: dict, xlabel: str, ylabel: str, title: str | None = None,
-           spread: dict | None = None, ax=None, percent_x: bool = False, percent_y: bool = False):
+           spread: dict | None = None, ax=None, percent_x: bool = False, percent_y: bool = False,
+           integer_x: bool | None = None, legend_loc: str | None = "best"):
     """Line plot of ``{label: y values}`` against ``x``; ``spread`` = ``{label: (low, high)}``
-    draws a shaded band. Returns the figure."""
+    draws a shaded band. Returns the figure.
+
+    ``integer_x``: ticks only at whole numbers (epochs, steps). By default (``None``) they are
+    when every x is a whole number and ``percent_x`` is off, so an epoch axis never reads 2.5.
+    ``legend_loc``: where the legend goes, a matplotlib location (``"best"``, ``"lower
+    right"``...), ``"outside"`` (right of the axes, covering nothing) or ``None`` (none).
+
+    >>> fig = curves([1, 2, 3], {"loss": [0.9, 0.5, 0.4]}, "epoch", "training loss")
+    >>> [float(t) for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
+    [1.0, 2.0, 3.0]
+    """
     if not isinstance(ys, dict) or not ys:
         raise ValueError("ys must be a non-empty dict {label: values}")
-    fig, ax = _figure_and_axes(ax, figsize=(6, 3.8))
+    _check_legend_loc(legend_loc)
     xs = np.asarray(x, dtype=float)
     for label, y in ys.items():
+        if np.shape(np.asarray(y, dtype=float)) != xs.shape:
+            raise ValueError(f"{label!r} has {np.size(y)} values but x has {xs.size}")
+    fig, ax = _figure_and_axes(ax, figsize=(6, 3.8))
+    for label, y in ys.items():
         y = np.asarray(y, dtype=float)
-        if y.shape != xs.shape:
-            raise ValueError(f"{label!r} has {y.size} values but x has {xs.size}")
         (line,) = ax.plot(xs, y, marker="o", markersize=3, label=label)
         if spread and label in spread:
             low, high = spread[label]
@@ -136,48 +203,66 @@ def curves(x, ys: dict, xlabel: str, ylabel: str, title: str | None = None,
     ax.set_ylabel(ylabel)
     if percent_x:
         ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    if integer_x or (integer_x is None and not percent_x and _whole_numbers(xs)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if percent_y:
         ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend(ax, legend_loc)
     return fig
 
 
 def layer_curves(x, runs: dict, xlabel: str, ylabel: str, title: str | None = None,
-                 logy: bool = False, size: float = 3.4):
+                 logy: bool = False, size: float = 3.4, legend_loc: str | None = "best",
+                 integer_x: bool | None = None):
     """Small multiples, one panel per layer: ``runs`` = ``{run label: {layer: y values}}``.
 
     Every run draws one line in each panel, in the same colour throughout, so runs compare
     layer by layer (for example per-layer gradient norms of a masked and a dense model).
-    ``logy`` puts the y axis on a log scale. Returns the figure.
+    ``logy`` puts the y axis on a log scale. The legend goes in the first panel at
+    ``legend_loc``; ``"outside"`` puts it right of the last panel, where it covers no line,
+    and ``None`` leaves it out. ``integer_x`` as in ``curves``. Returns the figure.
 
     >>> fig = layer_curves([1, 2, 3], {"dense": {"layer 0": [3, 2, 1]},
     ...                                "masked": {"layer 0": [2, 1, 1]}}, "step", "norm")
     """
     if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict) and v for v in runs.values()):
         raise ValueError("runs must be a non-empty dict {run label: {layer: values}}")
+    _check_legend_loc(legend_loc)
     layers = list(dict.fromkeys(layer for per_layer in runs.values() for layer in per_layer))
     xs = np.asarray(x, dtype=float)
+    for label, per_layer in runs.items():
+        for layer, y in per_layer.items():
+            if np.shape(np.asarray(y, dtype=float)) != xs.shape:
+                raise ValueError(f"{label!r}, {layer!r} has {np.size(y)} values but x has "
+                                 f"{xs.size}")
     fig, axes = plt.subplots(1, len(layers), figsize=(size * len(layers), size * 0.85),
                              squeeze=False, constrained_layout=True, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    whole = integer_x or (integer_x is None and _whole_numbers(xs))
     for ax, layer in zip(axes.flat, layers):
         for i, (label, per_layer) in enumerate(runs.items()):
             if layer not in per_layer:
                 continue
             y = np.asarray(per_layer[layer], dtype=float)
-            if y.shape != xs.shape:
-                raise ValueError(f"{label!r}, {layer!r} has {y.size} values but x has {xs.size}")
             ax.plot(xs, y, label=label, color=colours[i % len(colours)], linewidth=1.2)
         ax.set_title(str(layer))
         ax.set_xlabel(xlabel)
+        if whole:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if logy:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes.flat[0].set_ylabel(ylabel)
-    axes.flat[0].legend()
+    if legend_loc == "outside":
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        last = axes.flat[len(layers) - 1]
+        last.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                    borderaxespad=0.0)
+    else:
+        _legend(axes.flat[0], legend_loc)
     if title:
         fig.suptitle(title)
     return fig

@@ -11,7 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from maskutils.plot import curves, heatmap, heatmaps
+from maskutils.plot import curves, heatmap, heatmaps, layer_curves
 from maskutils.parallel import worker_count
 from maskutils.widgets import Slider
 
@@ -108,6 +108,104 @@ def test_curves_plots_one_line_per_label_and_checks_lengths():
     assert len(ax.collections) == 1  # the shaded band
     with pytest.raises(ValueError, match="'bad' has 2 values but x has 3"):
         curves([1, 2, 3], {"bad": [1, 2]}, xlabel="x", ylabel="y")
+
+
+def _group_lines(ax):
+    return sorted(float(line.get_xdata()[0]) for line in ax.lines)
+
+
+def test_column_group_draws_a_line_between_groups_of_columns_in_every_panel():
+    nm = torch.tensor([[1.0, 1.0, 0.0, 0.0] * 3, [0.0, 1.0, 0.0, 1.0] * 3])  # 2 x 12
+    fig = heatmaps({"2:4": nm, "weights": torch.randn(2, 12)},
+                   kind={"2:4": "mask", "weights": "weight"}, column_group=4)
+    for ax in fig.axes[:2]:  # the two panels (the colour bars come after them)
+        assert _group_lines(ax) == [3.5, 7.5]  # between columns 3|4 and 7|8, not at the edges
+    assert _group_lines(heatmaps({"no groups": nm}).axes[0]) == []
+    fig, ax = plt.subplots()
+    heatmap(nm, ax=ax, column_group=6)
+    assert _group_lines(ax) == [5.5]
+
+
+@pytest.mark.parametrize("bad", [1, 0, -4, 2.0, "4", True])
+def test_column_group_must_be_an_int_of_at_least_two(bad):
+    for draw in (lambda: heatmaps({"a": MASK}, column_group=bad),
+                 lambda: heatmap(MASK, column_group=bad)):
+        with pytest.raises(ValueError, match=r"column_group must be an int >= 2.*got"):
+            draw()
+    assert plt.get_fignums() == []  # refused before any figure was made
+
+
+def test_wide_panels_keep_their_column_ticks_apart():
+    # Three 128-column panels side by side used to read "90105120" under the last one.
+    fig = heatmaps({str(i): torch.ones(10, 128) for i in range(3)}, kind="mask")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:3]:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                 if t.get_text() and 0 <= t.get_position()[0] <= 127]
+        em = ax.get_xticklabels()[0].get_fontsize() * fig.dpi / 72  # one em, in pixels
+        assert len(boxes) >= 3
+        assert all(b.x0 - a.x1 >= em for a, b in zip(boxes, boxes[1:])), "labels run together"
+
+
+def _ticks(ax, low, high):
+    return [float(t) for t in ax.get_xticks() if low <= t <= high]
+
+
+def test_curves_over_whole_numbers_get_whole_number_ticks():
+    epochs = np.arange(1, 6)  # 5 epochs: matplotlib's default puts ticks at 1.5, 2.5...
+    fig = curves(epochs, {"loss": np.linspace(1, 0.2, 5)}, "epoch", "training loss")
+    ticks = _ticks(fig.axes[0], 1, 5)
+    assert ticks and all(t == int(t) for t in ticks)
+    fig, axes = plt.subplots(1, 2)
+    curves([1, 2, 3], {"a": [1, 2, 3]}, "epoch", "y", ax=axes[0])  # on a given axes too
+    assert all(t == int(t) for t in _ticks(axes[0], 1, 3))
+    curves([0.0, 0.5, 1.0], {"a": [1, 2, 3]}, "sparsity", "y", ax=axes[1])
+    assert 0.5 in _ticks(axes[1], 0, 1), "fractional x keeps fractional ticks"
+
+
+def test_integer_x_can_be_forced_either_way():
+    fig = curves([1, 2], {"a": [1, 2]}, "x", "y", integer_x=False)
+    assert any(t != int(t) for t in _ticks(fig.axes[0], 1, 2))
+    fig = curves([0.0, 2.5, 5.0], {"a": [1, 2, 3]}, "x", "y", integer_x=True)
+    assert all(t == int(t) for t in _ticks(fig.axes[0], 0, 5))
+
+
+def test_curves_legend_can_go_outside_the_axes_or_away():
+    ys = {"a": [1, 2, 3], "b": [3, 2, 1]}
+    fig = curves([1, 2, 3], ys, "epoch", "y", legend_loc="outside")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box = ax.get_legend().get_window_extent()
+    assert box.x0 > ax.get_window_extent().x1, "the legend sits right of the plot"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert curves([1, 2, 3], ys, "x", "y", legend_loc=None).axes[0].get_legend() is None
+    assert curves([1, 2, 3], ys, "x", "y").axes[0].get_legend() is not None  # default: best
+    with pytest.raises(TypeError, match="legend_loc must be"):
+        curves([1, 2, 3], ys, "x", "y", legend_loc=1.5)
+
+
+def test_curves_refuses_mismatched_lengths_before_drawing():
+    with pytest.raises(ValueError, match="'b' has 2 values but x has 3"):
+        curves([1, 2, 3], {"a": [1, 2, 3], "b": [1, 2]}, xlabel="x", ylabel="y")
+    assert plt.get_fignums() == []
+
+
+def test_layer_curves_legend_outside_the_last_panel():
+    runs = {"dense": {"l0": [3, 2, 1], "l1": [1, 1, 1]},
+            "masked": {"l0": [2, 1, 1], "l1": [2, 2, 2]}}
+    fig = layer_curves([1, 2, 3], runs, "step", "norm", legend_loc="outside")
+    first, last = fig.axes[0], fig.axes[1]
+    assert first.get_legend() is None
+    assert [t.get_text() for t in last.get_legend().get_texts()] == ["dense", "masked"]
+    fig.canvas.draw()
+    assert last.get_legend().get_window_extent().x0 > last.get_window_extent().x1
+    assert layer_curves([1, 2, 3], runs, "s", "n").axes[0].get_legend() is not None
+    assert all(t == int(t) for t in _ticks(first, 1, 3))
+    with pytest.raises(ValueError, match="'masked', 'l1' has 1 values but x has 3"):
+        layer_curves([1, 2, 3], {"masked": {"l1": [1]}}, "s", "n")
+    plt.close("all")
+    assert plt.get_fignums() == []
 
 
 # --- Slider ---------------------------------------------------------------------------------
