@@ -107,7 +107,7 @@ def _check_weight(weight, what: str = "weight") -> torch.Tensor:
                          f"got shape {tuple(weight.shape)}")
     if not weight.is_floating_point() or not torch.isfinite(weight).all():
         raise ValueError(f"{what} must hold finite floating-point values")
-    return weight.detach()
+    return weight.detach().contiguous()      # a Conv1D's (out, in) view is a transpose
 
 
 # --------------------------------------------------------------------------- prunable layers
@@ -172,9 +172,9 @@ def _all_targets(model: nn.Module) -> list[_Target]:
         prefix = f"{name}." if name else ""
         if isinstance(module, nn.MultiheadAttention):
             if not module._qkv_same_embed_dim:
-                raise ValueError(f"{name or 'the model'} is an nn.MultiheadAttention with separate "
-                                 "q/k/v weights (kdim/vdim differ from embed_dim); only the "
-                                 "stacked in_proj_weight is supported")
+                raise ValueError(f"{name or 'the model'} is an nn.MultiheadAttention with "
+                                 "separate q/k/v weights (kdim/vdim differ from "
+                                 "embed_dim); only the stacked in_proj_weight is supported")
             targets.append(_Target(prefix + "in_proj_weight", module, "in_proj_weight",
                                    "in_proj", module))
         elif isinstance(module, nn.Linear):
@@ -237,6 +237,13 @@ def _unknown(layer: str, targets: list[_Target]) -> ValueError:
                       f"{hint}; its prunable weights: {listed or 'none'}")
 
 
+def _not_linear(names: list) -> TypeError:
+    return TypeError(f"layers: {', '.join(map(repr, names))} "
+                     f"{'is' if len(names) == 1 else 'are'} not a linear layer (nn.Linear, "
+                     "transformers Conv1D, nn.MultiheadAttention) nor the other place of a tied "
+                     "weight being pruned; leave it out")
+
+
 def _resolve(model: nn.Module, layers, partners_ok: bool = False):
     """``(targets, partners)``: the chosen targets in module order, and the names in
     ``layers`` that are not linear-like but were named as a tied target's other place
@@ -290,6 +297,8 @@ def _resolve(model: nn.Module, layers, partners_ok: bool = False):
             raise ValueError(f"{type(module).__name__} {module} is not a module of this model")
         if by_module[id(module)] not in chosen:
             chosen.append(by_module[id(module)])
+    if not chosen and partners:
+        raise _not_linear(sorted(partners))
     if not chosen:
         raise ValueError("layers names no prunable layer: pass None for the default targets "
                          "(every linear-like layer of the model's blocks) or name some")
@@ -344,8 +353,8 @@ def _ties(model: nn.Module, chosen: list[_Target], partners: set[str], default: 
             own = _module_name(t.key, t.name)
             ask = ("name it and them in layers= " if default else "add them to layers= ")
             raise ValueError(
-                f"{t.key} is tied: the same tensor is {', '.join(missing)}. Pruning it would "
-                f"prune {'that' if len(missing) == 1 else 'those'} too (and SparseGPT would "
+                f"{t.key} is tied: it is the same tensor as {', '.join(missing)}. Pruning "
+                f"it would prune {'that' if len(missing) == 1 else 'those'} too (SparseGPT would "
                 f"write its update there). Leave {own!r} out, or prune them as one tie: {ask}"
                 f"(e.g. layers=[..., {own!r}, "
                 f"{', '.join(repr(_module_name(f, f.rsplit('.', 1)[-1])) for f in missing)}])")
@@ -364,7 +373,8 @@ def _left_dense(model: nn.Module, targets: list[_Target]) -> list[str]:
         tensor = (module.parametrizations[pname].original
                   if parametrize.is_parametrized(module, pname) else module._parameters[pname])
         if key not in pruned and tensor.dim() >= 2:
-            left.append(f"{mod_name}.{pname}" if mod_name else pname)
+            names = [f"{a}.{b}" if a else b for a, _, b in places]
+            left.append(names[0] + (f" (= {', '.join(names[1:])})" if names[1:] else ""))
     return left
 
 
@@ -753,7 +763,7 @@ def _hessian(inputs, cols: int, device) -> tuple[torch.Tensor, int]:
 def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: tuple, damp: float,
                block_size: int, forced: torch.Tensor | None):
     """``(new weight, keep mask)`` from the effective ``weight`` and ``H = X^T X``; pure."""
-    w = weight.detach().to(torch.float32).clone()
+    w = weight.detach().to(torch.float32).clone(memory_format=torch.contiguous_format)
     rows, cols = w.shape
     if not torch.isfinite(hessian).all():
         raise ValueError("the Hessian X^T X of the layer's inputs holds NaN or infinity: a "
@@ -908,14 +918,19 @@ class PrunedLayers(dict):
         import textwrap
 
         width = max([len(r[0]) for r in self.rows] + [5])
-        lines = [f"one_shot_prune: {self.what}, {len(self.rows)} layers ({self.scope})",
-                 f"  {'layer':{width}}  {'kind':18} {'out x in':>11}  sparsity"]
+        kinds = max([len(r[1]) for r in self.rows] + [4])
+        count = f"{len(self.rows)} layer{'' if len(self.rows) == 1 else 's'}"
+        lines = [f"one_shot_prune: {self.what}, {count}"]
+        lines += textwrap.wrap(f"targets: {self.scope}", 88, subsequent_indent="  ")
+        lines.append(f"  {'layer':{width}}  {'kind':{kinds}}  {'out x in':>9}  sparsity")
         for key, kind, (rows, cols), reached in self.rows:
-            lines.append(f"  {key:{width}}  {kind:18} {f'{rows} x {cols}':>11}  "
-                         f"{reached:7.1%}")
+            lines.append(f"  {key:{width}}  {kind:{kinds}}  {f'{rows} x {cols}':>9}  "
+                         f"{reached:8.1%}")
             if key in self.tied:
                 lines.append(f"    tied, pruned alike: {', '.join(self.tied[key])}")
-        dense = ", ".join(self.left_dense) if self.left_dense else "nothing"
+        dense = ", ".join(self.left_dense[:6]) if self.left_dense else "nothing"
+        if len(self.left_dense) > 6:
+            dense += f" ... ({len(self.left_dense)} in all)"
         lines += textwrap.wrap(f"left dense: {dense}", 88, subsequent_indent="  ",
                                break_on_hyphens=False)
         return "\n".join(lines)
@@ -969,10 +984,11 @@ def one_shot_prune(model: nn.Module, batches, method: str = "wanda",
     >>> [float(mask.mean()) for mask in masks.values()]
     [0.5, 0.5]
     >>> print(masks.report())
-    one_shot_prune: sparsegpt, 2:4, 2 layers (every linear-like layer: no repeated blocks)
-      layer     kind                  out x in  sparsity
-      0.weight  Linear                   8 x 8    50.0%
-      2.weight  Linear                   4 x 8    50.0%
+    one_shot_prune: sparsegpt, 2:4, 2 layers
+    targets: every linear-like layer (no repeated blocks)
+      layer     kind     out x in  sparsity
+      0.weight  Linear      8 x 8     50.0%
+      2.weight  Linear      4 x 8     50.0%
     left dense: nothing
     """
     if method not in _METHODS:
@@ -988,9 +1004,7 @@ def one_shot_prune(model: nn.Module, batches, method: str = "wanda",
     unused = [p for p in partners
               if not any(o == p or o.startswith(p + ".") for o in named)]
     if unused:
-        raise TypeError(f"layers: {unused} {'is' if len(unused) == 1 else 'are'} not a linear "
-                        "layer (nn.Linear, transformers Conv1D, nn.MultiheadAttention) nor the "
-                        "other place of a tied weight being pruned; leave it out")
+        raise _not_linear(unused)
     for t in targets:
         w = _check_weight(t.weight(), t.key)
         _check_columns(pattern, w.shape[1], t.key)
@@ -1002,7 +1016,7 @@ def one_shot_prune(model: nn.Module, batches, method: str = "wanda",
     stacks = _stacks(model)
     scope = ("the layers named" if layers is not None else
              f"every linear-like layer in the blocks of {', '.join(stacks)}" if stacks else
-             "every linear-like layer: no repeated blocks")
+             "every linear-like layer (no repeated blocks)")
     what = (f"{method}, {pattern[1]:.0%} unstructured".replace("%", " %")
             if pattern[0] == "unstructured" else f"{method}, {pattern[1]}:{pattern[2]}")
     work = copy.deepcopy(model)
@@ -1011,7 +1025,7 @@ def one_shot_prune(model: nn.Module, batches, method: str = "wanda",
     results: dict[str, tuple] = {}
 
     def prune_one(t, stats):
-        w = t.weight().detach()
+        w = t.weight().detach().contiguous()
         if method == "magnitude":
             keep = magnitude_mask(w, pattern[1]) if pattern[0] == "unstructured" else \
                 nm_mask(w, n=pattern[1], m=pattern[2])

@@ -364,3 +364,147 @@ def test_exercise_8_1_accepts_a_layer_wise_wanda_mask_and_explains_mistakes(caps
                         (magnitude_mask(w, 0.25), "removes 32 weights")):
         assert not check("8.1", wrong, **given)
         assert says in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the default targets
+
+def test_default_targets_are_the_block_layers_of_a_transformer(lm):
+    assert list(prunable_weights(lm)) == block_layers(lm)
+    assert "head.weight" not in prunable_weights(lm)
+    assert list(prunable_weights(lm, layers=["head"])) == ["head.weight"]
+
+
+def test_a_model_without_blocks_keeps_every_linear():
+    from maskutils import digits_mlp
+
+    mlp = digits_mlp()
+    assert list(prunable_weights(mlp)) == ["layers.0.weight", "layers.2.weight",
+                                           "layers.4.weight"]
+    plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert list(prunable_weights(plain)) == ["0.weight", "2.weight"]
+    # a ModuleList of plain Linear layers is not a stack of blocks: the head stays a target
+    listed = nn.ModuleDict({"layers": nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)]),
+                            "head": nn.Linear(4, 2)})
+    assert list(prunable_weights(listed)) == ["layers.0.weight", "layers.1.weight",
+                                              "head.weight"]
+
+
+def test_blocks_are_found_in_an_encoder_and_outside_stacks_stay_dense():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    model = nn.ModuleDict({"stem": nn.Linear(4, 8),
+                           "encoder": nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                           "head": nn.Linear(8, 3)})
+    keys = list(prunable_weights(model))
+    assert len(keys) == 8 and all(k.startswith("encoder.layers.") for k in keys)
+
+
+def test_a_model_with_nothing_to_prune_says_what_it_holds(left_alone):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    with left_alone(model), pytest.raises(ValueError, match=r"nothing|no nn.Linear.*it holds "
+                                                            r"Conv2d x1, BatchNorm2d x1"):
+        one_shot_prune(model, [torch.randn(1, 1, 5, 5)], "wanda", 0.5)
+    with pytest.raises(ValueError, match="no nn.Linear, transformers Conv1D"):
+        prunable_weights(model)
+
+
+def test_one_shot_prune_by_default_prunes_the_blocks_and_reports_them(lm, ids):
+    head = lm.head.weight.detach().clone()
+    masks = one_shot_prune(lm, ids, "wanda", 0.5)
+    assert list(masks) == block_layers(lm) and get_mask(lm.head) is None
+    assert torch.equal(lm.head.weight, head) and lm.head.weight is lm.embed.weight
+    assert dict(masks) == {k: masks[k] for k in masks}           # still a dict {key: mask}
+    text = masks.report()
+    assert "wanda, 50 % unstructured, 8 layers\n" \
+        "targets: every linear-like layer in the blocks of blocks.layers\n" in text
+    assert "left dense: embed.weight (= head.weight), position.weight" in text
+    assert "attention in_proj" in text and "192" not in text     # d_model 16: 48 x 16
+    assert "48 x 16" in text
+
+
+# ---------------------------------------------------------------- ties (the book's LM)
+
+def test_the_tied_head_alone_is_refused_and_pruned_as_one_when_both_are_named(lm, ids,
+                                                                             left_alone):
+    with left_alone(lm), pytest.raises(ValueError, match=r"head\.weight is tied: it is the "
+                                                         r"same tensor as embed\.weight"):
+        one_shot_prune(lm, ids, "sparsegpt", 0.5, layers=["head"])
+    masks = one_shot_prune(lm, ids, "sparsegpt", 0.5, layers=["head", "embed"])
+    assert masks.tied == {"head.weight": ["embed.weight"]}
+    assert lm.head.weight is lm.embed.weight or torch.equal(lm.head.weight, lm.embed.weight)
+    assert get_mask(lm.head) is get_mask(lm.embed)
+
+
+# ---------------------------------------------------------------- bad calibration batches
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_sparsegpt_with_batches_of_the_wrong_width_says_so(left_alone, sequential):
+    model = mlp()
+    with left_alone(model), pytest.raises(ValueError, match=r"calibration batch 0 \(shape "
+                                                            r"\(32, 15\) float32\): layer '0' "
+                                                            r"\(Linear with 16 input features\) "
+                                                            r"received inputs 15 wide"):
+        one_shot_prune(model, [torch.randn(32, 15)], "sparsegpt", 0.5, sequential=sequential)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_nan_in_a_calibration_batch_is_named_not_blamed_on_damping(left_alone, method):
+    model = mlp()
+    batch = torch.randn(32, 16, generator=gen())
+    batch[3, 4] = float("nan")
+    with left_alone(model), pytest.raises(ValueError) as err:
+        one_shot_prune(model, [torch.randn(32, 16), batch], method, 0.5)
+    assert "calibration batch 1: a calibration batch holds NaN or infinity (1 of 512" in \
+        str(err.value)
+    assert "damp" not in str(err.value)
+
+
+def test_a_nan_made_inside_the_model_is_named_with_its_layer(left_alone):
+    model = mlp()
+    with torch.no_grad():
+        model[0].bias[2] = float("inf")          # the first layer's output is not finite
+    with left_alone(model), pytest.raises(ValueError, match=r"2\.weight: its inputs on "
+                                                            r"calibration batch 0 hold NaN"):
+        one_shot_prune(model, [torch.randn(8, 16)], "sparsegpt", 0.5, layers=["2"])
+
+
+def test_2_4_on_a_width_not_divisible_by_4_is_refused(left_alone):
+    model = nn.Sequential(nn.Linear(30, 8), nn.ReLU(), nn.Linear(8, 4))
+    with left_alone(model), pytest.raises(ValueError, match=r"0\.weight has 30 input channels, "
+                                                            r"not divisible by m=4"):
+        one_shot_prune(model, [torch.randn(8, 30)], "wanda", n=2, m=4)
+
+
+# ---------------------------------------------------------------- weights that are computed
+
+def test_a_weight_norm_layer_is_named_not_written_through(left_alone):
+    model = mlp()
+    torch.nn.utils.parametrizations.weight_norm(model[0])
+    with left_alone(model), pytest.raises(ValueError, match=r"0\.weight is reparametrized by "
+                                                            r"_WeightNorm"):
+        one_shot_prune(model, [torch.randn(8, 16)], "sparsegpt", 0.5)
+
+
+def test_a_layer_pruned_by_torch_prune_is_named(left_alone):
+    model = mlp()
+    torch.nn.utils.prune.l1_unstructured(model[2], "weight", amount=0.25)
+    with left_alone(model), pytest.raises(ValueError, match=r"2\.weight is computed by a "
+                                                            r"forward pre-hook from "
+                                                            r"\['weight_orig'\]"):
+        one_shot_prune(model, [torch.randn(8, 16)], "wanda", 0.5)
+
+
+def test_maskutils_never_imports_transformers_itself():
+    import subprocess
+    import sys
+
+    code = ("import sys, maskutils, maskutils.oneshot as o; from torch import nn; "
+            "o.prunable_weights(nn.Linear(2, 2)); "
+            "assert 'transformers' not in sys.modules, 'imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
