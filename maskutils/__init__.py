@@ -15,8 +15,8 @@ from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_spars
                         weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
 from .models import CharTransformerLM, DigitsCNN, DigitsLSTM, DigitsMLP, digits_mlp
-from .oneshot import (input_norms, layer_inputs, one_shot_prune, prunable_weights,
-                      sparsegpt_prune, wanda_mask)
+from .oneshot import (PrunedLayers, input_norms, layer_inputs, one_shot_prune,
+                      prunable_weights, sparsegpt_prune, wanda_mask)
 from .pruning import gradual_magnitude_prune
 from .structured import count_parameters, dead_units, prune_units, shrink
 from .report import glue, mean_range
@@ -37,7 +37,7 @@ __all__ = [
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
     "CharTransformerLM", "DigitsCNN", "DigitsLSTM", "DigitsMLP", "digits_mlp",
     "input_norms", "layer_inputs", "one_shot_prune", "prunable_weights", "sparsegpt_prune",
-    "wanda_mask",
+    "wanda_mask", "PrunedLayers",
     "gradual_magnitude_prune",
     "count_parameters", "dead_units", "prune_units", "shrink",
     "glue", "mean_range",
