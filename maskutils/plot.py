@@ -216,14 +216,16 @@ def curves(x, ys: dict, xlabel: str, ylabel: str, title: str | None = None,
 
 def layer_curves(x, runs: dict, xlabel: str, ylabel: str, title: str | None = None,
                  logy: bool = False, size: float = 3.4, legend_loc: str | None = "best",
-                 integer_x: bool | None = None):
+                 integer_x: bool | None = None, ncols: int | None = None):
     """Small multiples, one panel per layer: ``runs`` = ``{run label: {layer: y values}}``.
 
     Every run draws one line in each panel, in the same colour throughout, so runs compare
     layer by layer (for example per-layer gradient norms of a masked and a dense model).
-    ``logy`` puts the y axis on a log scale. The legend goes in the first panel at
-    ``legend_loc``; ``"outside"`` puts it right of the last panel, where it covers no line,
-    and ``None`` leaves it out. ``integer_x`` as in ``curves``. Returns the figure.
+    ``logy`` puts the y axis on a log scale. ``ncols`` panels per row (default: all in one
+    row; ``ncols=2`` keeps three layers within a page column). The legend goes in the first
+    panel at ``legend_loc``; ``"outside"`` puts it where it covers no line: in the grid's
+    first empty cell, or else right of the first row. ``None`` leaves it out. ``integer_x``
+    as in ``curves``. Returns the figure.
 
     >>> fig = layer_curves([1, 2, 3], {"dense": {"layer 0": [3, 2, 1]},
     ...                                "masked": {"layer 0": [2, 1, 1]}}, "step", "norm")
@@ -232,13 +234,17 @@ def layer_curves(x, runs: dict, xlabel: str, ylabel: str, title: str | None = No
         raise ValueError("runs must be a non-empty dict {run label: {layer: values}}")
     _check_legend_loc(legend_loc)
     layers = list(dict.fromkeys(layer for per_layer in runs.values() for layer in per_layer))
+    if ncols is not None and (isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1):
+        raise ValueError(f"ncols must be an int >= 1 (panels per row), got {ncols!r}")
     xs = np.asarray(x, dtype=float)
     for label, per_layer in runs.items():
         for layer, y in per_layer.items():
             if np.shape(np.asarray(y, dtype=float)) != xs.shape:
                 raise ValueError(f"{label!r}, {layer!r} has {np.size(y)} values but x has "
                                  f"{xs.size}")
-    fig, axes = plt.subplots(1, len(layers), figsize=(size * len(layers), size * 0.85),
+    ncols = min(ncols or len(layers), len(layers))
+    nrows = -(-len(layers) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * 0.85 * nrows),
                              squeeze=False, constrained_layout=True, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     whole = integer_x or (integer_x is None and _whole_numbers(xs))
@@ -255,14 +261,26 @@ def layer_curves(x, runs: dict, xlabel: str, ylabel: str, title: str | None = No
         if logy:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes.flat[0].set_ylabel(ylabel)
+    spare = list(axes.flat)[len(layers):]
+    for ax in spare:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    first = axes.flat[0]
     if legend_loc == "outside":
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        last = axes.flat[len(layers) - 1]
-        last.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                    borderaxespad=0.0)
+        handles, labels = [], []
+        for ax in list(axes.flat)[:len(layers)]:  # every run, even one missing in panel 0
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                if label not in labels:
+                    handles.append(handle)
+                    labels.append(label)
+        if spare:
+            spare[0].legend(handles, labels, loc="center")
+        else:
+            axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                               borderaxespad=0.0)
     else:
-        _legend(axes.flat[0], legend_loc)
+        _legend(first, legend_loc)
     if title:
         fig.suptitle(title)
     return fig

@@ -208,6 +208,22 @@ def test_layer_curves_legend_outside_the_last_panel():
     assert plt.get_fignums() == []
 
 
+def test_layer_curves_in_a_grid_put_the_legend_in_the_empty_cell():
+    runs = {"dense": {f"layer {i}": [3, 2, 1] for i in range(3)},
+            "masked": {f"layer {i}": [2, 1, 1] for i in range(3)}}
+    fig = layer_curves([1, 2, 3], runs, "step", "norm", ncols=2, size=3,
+                       legend_loc="outside")
+    assert tuple(fig.get_size_inches()) == pytest.approx((6.0, 5.1))
+    panels, spare = fig.axes[:3], fig.axes[3]
+    assert [ax.get_title() for ax in panels] == ["layer 0", "layer 1", "layer 2"]
+    assert not spare.axison and not spare.lines
+    assert [t.get_text() for t in spare.get_legend().get_texts()] == ["dense", "masked"]
+    assert all(ax.get_legend() is None for ax in panels)
+    assert panels[0].get_ylabel() and panels[2].get_ylabel()  # first panel of each row
+    with pytest.raises(ValueError, match="ncols must be an int >= 1"):
+        layer_curves([1, 2, 3], runs, "s", "n", ncols=0)
+
+
 # --- Slider ---------------------------------------------------------------------------------
 
 class Render:
