@@ -18,8 +18,8 @@ True
 inference: it trains the wide digits MLP (64 -> 1024 -> 1024 -> 10) and prints dense, masked
 (unstructured), CSR and shrunk (structured) side by side, with the milliseconds per batch,
 the bytes on disk and the test accuracy of each (``run_inference_benchmark``). The helpers it
-uses are public: ``inference_times``, ``csr_model``, ``plain_state``, ``storage_bytes`` and
-``crossover_sparsity``.
+uses are public: ``inference_times`` and ``crossover_sparsity`` here, ``csr_model``,
+``plain_state`` and ``storage_bytes`` in ``maskutils.storage`` (importable from here too).
 
 Command line (``--help`` lists the options)::
 
@@ -33,7 +33,6 @@ import argparse
 import copy
 import gc
 import inspect
-import io
 import json
 import math
 import numbers
@@ -41,20 +40,20 @@ import statistics
 import sys
 import time
 import warnings
-import zipfile
 from typing import Callable
-
-import numpy as np
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import prune
 
-from .apply import apply_mask, own_parametrized_class
+from .apply import apply_mask
 from .device import banner, get_device
 from .hooks import mask_gradients, project_after_step
 from .masks import check_sparsity, magnitude_mask
+# the sparse formats live in maskutils.storage; imported here by their old names too
+from .storage import (FORMATS, CSRLinear, csr_model, plain_state,  # noqa: F401
+                      storage_bytes, storage_sizes)
 
 VARIANTS = ("dense", "apply_mask", "project_after_step", "mask_gradients", "prune")
 """The variants, in table order: no mask, then the enforcement strategies of chapter 2."""
@@ -395,200 +394,6 @@ def matmul_sweep(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), size: int = 
     for kind in ("dense", "csr", "rows"):
         out[f"{kind}_s"] = [min(times[kind, i]) for i in range(len(levels))]
     return out
-
-
-# ---------------------------------------------------------------- sparse storage on disk
-FORMATS = ("dense", "csr", "bitmask")
-"""The storage formats of ``storage_bytes``: every weight of two or more dimensions as a dense
-tensor, as CSR (int32 indices), or as a bitmask of the kept entries plus their values."""
-
-
-def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{name: tensor}`` of what ``model`` computes with: every parameter and buffer, masked
-    or gated weights as their effective values (eval mode), no masks and no logits. The keys
-    are those of the unmasked model's ``state_dict``.
-
-    >>> from maskutils import apply_mask
-    >>> layer = apply_mask(nn.Linear(2, 1), torch.tensor([[1.0, 0.0]]))
-    >>> sorted(plain_state(layer)), bool(plain_state(layer)["weight"][0, 1] == 0)
-    (['bias', 'weight'], True)
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    out = {}
-    try:
-        with torch.no_grad():
-            for prefix, module in model.named_modules():
-                if "parametrizations" in prefix.split("."):
-                    continue
-                names = []  # a weight before its bias, as in an unmasked state_dict
-                if parametrize.is_parametrized(module):
-                    names += list(module.parametrizations.keys())
-                names += list(module._parameters) + list(module._buffers)
-                for name in names:
-                    value = getattr(module, name)
-                    if value is not None:
-                        out[f"{prefix}.{name}" if prefix else name] = value.detach().clone()
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    return out
-
-
-def _csr32(t: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
-        warnings.filterwarnings("ignore", message=".*[Ss]parse")
-        csr = t.to_sparse_csr()
-        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32),
-                                       csr.col_indices().to(torch.int32), csr.values(),
-                                       t.shape)
-
-
-def _encode(state: dict, fmt: str) -> dict:
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {list(FORMATS)}, got {fmt!r}")
-    out = {}
-    for name, t in state.items():
-        t = t.detach().cpu()
-        if fmt == "dense" or t.dim() < 2 or not t.is_floating_point():
-            out[name] = t
-        elif fmt == "csr":
-            out[name] = _csr32(t.reshape(t.shape[0], -1))
-        else:
-            keep = t != 0
-            bits = np.packbits(keep.flatten().numpy())
-            out[name] = {"shape": tuple(t.shape), "bits": torch.from_numpy(bits),
-                         "values": t[keep]}
-    return out
-
-
-def storage_bytes(model_or_state, fmt: str = "dense", compress: bool = False) -> int:
-    """Bytes of ``torch.save`` of a model's weights in format ``fmt`` (``FORMATS``), written to
-    memory; ``compress=True`` then deflates them into a zip file (``zipfile.ZIP_DEFLATED``).
-
-    ``model_or_state``: a module (its ``plain_state``) or a dict of tensors (saved as given, so
-    ``storage_bytes(model.state_dict())`` is the size of an ordinary checkpoint, masks and
-    all). ``"csr"`` stores each weight of two or more dimensions with ``to_sparse_csr`` and
-    int32 indices (4 bytes a value, 4 an index, 4 a row); ``"bitmask"`` stores one bit per
-    entry plus the kept values. Biases and buffers stay dense.
-
-    >>> w = {"w": torch.zeros(100, 100)}
-    >>> storage_bytes(w) > storage_bytes(w, "csr") > storage_bytes(w, "dense", compress=True)
-    True
-    """
-    raw = _saved(_state_of(model_or_state), fmt)
-    return _deflated(raw) if compress else len(raw)
-
-
-def storage_sizes(model_or_state, formats=FORMATS) -> dict[tuple[str, bool], int]:
-    """``{(fmt, compressed): bytes}`` for every format in ``formats``, raw and deflated: what
-    ``storage_bytes`` gives for each, with the weights read and saved once per format.
-
-    >>> sizes = storage_sizes({"w": torch.zeros(10, 10)})
-    >>> sorted(sizes)[:2], sizes["dense", False] == storage_bytes({"w": torch.zeros(10, 10)})
-    ([('bitmask', False), ('bitmask', True)], True)
-    """
-    state = _state_of(model_or_state)
-    if isinstance(formats, str):
-        formats = (formats,)
-    out = {}
-    for fmt in formats:
-        raw = _saved(state, fmt)
-        out[fmt, False], out[fmt, True] = len(raw), _deflated(raw)
-    return out
-
-
-def _state_of(model_or_state) -> dict:
-    state = plain_state(model_or_state) if isinstance(model_or_state, nn.Module) \
-        else model_or_state
-    if not isinstance(state, dict):
-        raise TypeError("model_or_state must be an nn.Module or a dict {name: tensor}")
-    return state
-
-
-def _saved(state: dict, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(_encode(state, fmt), buffer)
-    return buffer.getvalue()
-
-
-def _deflated(raw: bytes) -> int:
-    packed = io.BytesIO()
-    with zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("weights.pt", raw)
-    return len(packed.getvalue())
-
-
-# ---------------------------------------------------------------- CSR weights for inference
-class CSRLinear(nn.Module):
-    """A ``Linear`` whose weight is a sparse CSR tensor: only the non-zeros are multiplied.
-
-    >>> dense = nn.Linear(4, 3)
-    >>> sparse = CSRLinear(dense)
-    >>> x = torch.randn(2, 4)
-    >>> torch.allclose(sparse(x), dense(x), atol=1e-6)
-    True
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"CSRLinear takes an nn.Linear, got {type(linear).__name__}")
-        with torch.no_grad():
-            self.weight = _csr32(linear.weight.detach().clone())
-            self.bias = None if linear.bias is None else linear.bias.detach().clone()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    def extra_repr(self) -> str:
-        nnz = int(self.weight.values().numel())
-        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={nnz}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        out = (self.weight @ flat.t()).t()
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-def csr_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for inference with every ``nn.Linear`` replaced by a ``CSRLinear``
-    holding its effective (masked) weight; ``model`` is not changed.
-
-    >>> from maskutils import apply_mask
-    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    >>> _ = apply_mask(model[0], (torch.rand(4, 4) > 0.5).float())
-    >>> x = torch.randn(3, 4)
-    >>> torch.allclose(csr_model(model)(x), model(x), atol=1e-6)
-    True
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    with torch.no_grad():
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            swaps = {name: CSRLinear(m) for name, m in model.named_modules()
-                     if isinstance(m, nn.Linear)}
-        finally:
-            for m, mode in modes:
-                m.training = mode
-    if not swaps:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to store as CSR")
-    plain = copy.deepcopy(model)
-    for sub in list(plain.modules()):  # drop masks: CSRLinear holds the effective weights
-        if parametrize.is_parametrized(sub):
-            own_parametrized_class(sub)  # the copy shares its class with the original
-            for name in list(sub.parametrizations.keys()):
-                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
-    for name, layer in swaps.items():
-        if not name:
-            return layer
-        parent, _, child = name.rpartition(".")
-        setattr(plain.get_submodule(parent) if parent else plain, child, layer)
-    return plain
 
 
 # ---------------------------------------------------------------- timing inference

@@ -38,6 +38,7 @@ from torch import nn
 
 from .apply import apply_mask, get_mask, mask_layers, masked_parameters, remove_mask
 from .masks import magnitude_mask, random_mask
+from .storage import plain_state  # noqa: F401  (chapter 9 imports it from here)
 
 __all__ = ["RankError", "backend_for", "broadcast_masks", "launch", "masks_agree",
            "warm_up", "wrap_ddp"]
@@ -440,36 +441,6 @@ def train_steps(model: nn.Module, batches, optimizer: torch.optim.Optimizer, ran
         if on_step is not None:
             on_step(step, model)
     return seconds
-
-
-def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict of the unmasked architecture holding ``model``'s effective weights (CPU).
-
-    Works on a masked model, on its DDP wrapper, and on a model sharded by FSDP's
-    ``fully_shard`` (a collective there: every rank must call it).
-
-    >>> from maskutils import apply_mask
-    >>> layer = apply_mask(nn.Linear(2, 1), torch.tensor([[1.0, 0.0]]))
-    >>> plain_state(layer)["weight"][0, 1].item() == 0
-    True
-    """
-    model = getattr(model, "module", model)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if hasattr(tensor, "full_tensor"):  # a DTensor shard of FSDP
-            tensor = tensor.full_tensor()
-        state[name] = tensor.detach().cpu().clone()
-    for key in [k for k in state if k.endswith(".original")]:
-        stem = key[: -len(".original")]
-        masks = sorted(k for k in state if k.startswith(stem + ".") and k.endswith(".mask"))
-        value = state.pop(key)
-        for mask_key in masks:
-            value = value * state.pop(mask_key)
-        owner, _, name = stem.rpartition(".parametrizations.")
-        if not _:  # the model itself is the masked layer
-            owner, name = "", stem[len("parametrizations."):]
-        state[f"{owner}.{name}" if owner else name] = value
-    return state
 
 
 def _masked_copy(state: dict, masks: list) -> nn.Module:
