@@ -973,9 +973,10 @@ def one_shot_prune(model: nn.Module, batches, method: str = "wanda",
     Returns a ``PrunedLayers``: the dict ``{key: mask}`` (each mask in the stored weight's
     shape, so ``(in, out)`` for a ``Conv1D``), whose ``report()`` (and ``print``) lists each
     pruned layer with its shape and the sparsity it reached, the ties, and what stayed dense.
-    The work happens on a copy; the model is changed only when every layer succeeded, and bad
-    input (a batch the model cannot take or holding NaN, an N:M pattern that does not divide
-    a layer's inputs, an unknown layer name) raises before anything changes.
+    The work happens on a deep copy (budget twice the model's memory); the model is changed
+    only when every layer succeeded, and bad input (a batch the model cannot take or holding
+    NaN, an N:M pattern that does not divide a layer's inputs, an unknown layer name) raises
+    before anything changes.
 
     >>> torch.manual_seed(0) is not None
     True
