@@ -14,7 +14,8 @@ from .learnable import (apply_learnable_mask, binarize, gate_penalty, gate_spars
                         gate_values, learnable_mask_layers, mask_parameters,
                         weight_parameters)
 from .masks import magnitude_mask, nm_mask, random_mask, sparsity
-from .models import CharTransformerLM, DigitsCNN, DigitsLSTM, DigitsMLP, digits_mlp
+from .models import (CharTransformerLM, DigitsCNN, DigitsLSTM, DigitsMLP, DigitsResNet,
+                     digits_mlp)
 from .oneshot import (PrunedLayers, input_norms, layer_inputs, one_shot_prune,
                       prunable_weights, sparsegpt_prune, wanda_mask)
 from .pruning import gradual_magnitude_prune
@@ -35,7 +36,7 @@ __all__ = [
     "apply_learnable_mask", "binarize", "gate_penalty", "gate_sparsity", "gate_values",
     "learnable_mask_layers", "mask_parameters", "weight_parameters",
     "magnitude_mask", "nm_mask", "random_mask", "sparsity",
-    "CharTransformerLM", "DigitsCNN", "DigitsLSTM", "DigitsMLP", "digits_mlp",
+    "CharTransformerLM", "DigitsCNN", "DigitsLSTM", "DigitsMLP", "DigitsResNet", "digits_mlp",
     "input_norms", "layer_inputs", "one_shot_prune", "prunable_weights", "sparsegpt_prune",
     "wanda_mask", "PrunedLayers",
     "gradual_magnitude_prune",

@@ -1,5 +1,6 @@
 """The small models of the book: the MLP every chapter uses for the 8x8 digits (64 inputs,
-10 classes), and the CNN, LSTM and character-level transformer of chapters 7 and 8.
+10 classes), the CNN, LSTM and character-level transformer of chapters 7 and 8, and the
+residual CNN of chapter 10.
 
 >>> from maskutils import digits_mlp
 >>> digits_mlp()
@@ -127,11 +128,7 @@ class DigitsCNN(nn.Module):
         self.head = nn.Linear(b * 4 * 4, n_out)
 
     def forward(self, x):
-        if x.dim() == 2:
-            if x.shape[1] != 64:
-                raise ValueError(f"expected 64 pixels per digit, got {x.shape[1]}")
-            x = x.view(-1, 1, 8, 8)
-        return self.head(self.features(x).flatten(1))
+        return self.head(self.features(_digit_images(x)).flatten(1))
 
     def convs(self) -> list[nn.Conv2d]:
         """The two convolutions, input to output."""
@@ -161,3 +158,67 @@ class DigitsLSTM(nn.Module):
         rows = x.reshape(x.shape[0], 8, 8)
         out, _ = self.lstm(rows)
         return self.head(out[:, -1])
+
+
+def _digit_images(x: torch.Tensor) -> torch.Tensor:
+    """Flat 64-pixel rows (or ``(batch, 1, 8, 8)`` images) as ``(batch, 1, 8, 8)`` images."""
+    if x.dim() == 2:
+        if x.shape[1] != 64:
+            raise ValueError(f"expected 64 pixels per digit, got {x.shape[1]}")
+        return x.view(-1, 1, 8, 8)
+    return x
+
+
+class ResidualBlock(nn.Module):
+    """``relu(x + bn2(conv2(relu(bn1(conv1(x))))))``: two 3x3 convolutions with BatchNorm and
+    a skip connection; the sum ties the channels of ``x`` to those of ``conv2``.
+
+    >>> import torch
+    >>> ResidualBlock(4)(torch.zeros(2, 4, 8, 8)).shape
+    torch.Size([2, 4, 8, 8])
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        inner = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(inner)))
+
+
+class DigitsResNet(nn.Module):
+    """A small residual CNN for the digits as 1x8x8 images (chapter 10).
+
+    A 3x3 stem convolution with BatchNorm and ReLU, ``n_blocks`` residual blocks
+    (``ResidualBlock``) at the full 8x8 resolution, global average pooling and a linear head.
+    Every block adds its input to its output, so the stem's channels and every block's second
+    convolution write into the same channels: pruning one of them means pruning it in all.
+    ``forward`` takes the flat 64-pixel rows of ``digits_loaders`` (or ``(batch, 1, 8, 8)``
+    images) and returns ``(batch, 10)`` logits.
+
+    >>> import torch
+    >>> net = DigitsResNet(channels=8)
+    >>> net(torch.zeros(5, 64)).shape
+    torch.Size([5, 10])
+    >>> sum(p.dim() == 4 for p in net.parameters())  # the stem and two per block
+    5
+    """
+
+    def __init__(self, channels: int = 32, n_blocks: int = 2, n_out: int = 10):
+        super().__init__()
+        for name, value in (("channels", channels), ("n_blocks", n_blocks), ("n_out", n_out)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.stem = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU())
+        self.blocks = nn.Sequential(*(ResidualBlock(channels) for _ in range(n_blocks)))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels, n_out)
+
+    def forward(self, x):
+        features = self.blocks(self.stem(_digit_images(x)))
+        return self.head(self.pool(features).flatten(1))

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from maskutils import (CharTransformerLM, DigitsCNN, DigitsLSTM, apply_mask, get_mask,
+from maskutils import (CharTransformerLM, DigitsCNN, DigitsLSTM, DigitsResNet, apply_mask,
+                       get_mask,
                        mask_layers, masked_parameters, nm_mask, sparsity)
 
 
@@ -28,7 +29,8 @@ def _train(model, steps=5, seed=0):
         opt.step()
 
 
-@pytest.mark.parametrize("make", [DigitsCNN, DigitsLSTM], ids=["cnn", "lstm"])
+@pytest.mark.parametrize("make", [DigitsCNN, DigitsLSTM, DigitsResNet],
+                         ids=["cnn", "lstm", "resnet"])
 def test_digits_models_map_flat_digits_to_ten_logits(make):
     torch.manual_seed(0)
     assert make()(torch.zeros(3, 64)).shape == (3, 10)
@@ -40,6 +42,9 @@ def test_digits_models_map_flat_digits_to_ten_logits(make):
     (lambda: DigitsLSTM(hidden=0), "hidden must be a positive int"),
     (lambda: DigitsLSTM(n_layers=True), "n_layers must be a positive int"),
     (lambda: DigitsCNN()(torch.zeros(2, 63)), "expected 64 pixels"),
+    (lambda: DigitsResNet(channels=0), "channels must be a positive int"),
+    (lambda: DigitsResNet(n_blocks=2.0), "n_blocks must be a positive int"),
+    (lambda: DigitsResNet()(torch.zeros(2, 65)), "expected 64 pixels"),
 ])
 def test_digits_models_reject_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
@@ -143,3 +148,32 @@ def test_checker_7_1_wants_the_tied_embedding_masked_once(capsys):
     assert check("7.1", lm)
     assert capsys.readouterr().out.startswith("✅ 7.1")
     assert not check("7.1", nn.Linear(2, 2))
+
+
+def test_digits_resnet_has_batchnorm_and_residual_sums():
+    torch.manual_seed(0)
+    net = DigitsResNet(channels=6, n_blocks=2)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 5
+    assert count_params(net) == (9 * 6 + 2 * 6) + 2 * 2 * (9 * 36 + 2 * 6) + 6 * 10 + 10
+    images = torch.randn(3, 1, 8, 8)
+    assert torch.equal(net.eval()(images), net(images.flatten(1)))
+    # the skip: with the block's second BatchNorm zeroed, a block is relu(x)
+    block = net.blocks[1]
+    with torch.no_grad():
+        block.bn2.weight.zero_()
+        block.bn2.bias.zero_()
+    x = torch.randn(2, 6, 8, 8)
+    assert torch.equal(block(x), torch.relu(x))
+
+
+def test_digits_resnet_trains_with_masks_held():
+    torch.manual_seed(0)
+    net = DigitsResNet(channels=8)
+    mask_layers(net, 0.5)
+    _train(net, steps=3)
+    for param, mask in masked_parameters(net).items():
+        assert (param.grad[mask == 0] == 0).all()
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
