@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.colors import BoundaryNorm, ListedColormap
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, MultipleLocator
 
 MASK_CMAP = ListedColormap(plt.get_cmap("cividis")([0.0, 1.0]), name="mask")
 SIGNED_CMAP = "RdBu_r"  # ColorBrewer RdBu: diverging and colour-blind safe
@@ -87,8 +87,11 @@ def _draw(ax, data: np.ndarray, kind: str, title: str | None, vmax: float | None
             ax.axvline(edge - 0.5, color=GROUP_LINE_COLOUR, linewidth=1.0)
     ax.set_xlabel("input unit (column)")
     ax.set_ylabel("output unit (row)")
-    # "auto": as many ticks as the panel's width has room for (3-digit labels do not touch)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+    if column_group:  # ticks at the start of a group (every group, or every k-th)
+        every = max(1, -(-data.shape[1] // (column_group * 6)))
+        ax.xaxis.set_major_locator(MultipleLocator(column_group * every))
+    else:  # as many ticks as the panel's width has room for (3-digit labels do not touch)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         ax.set_title(title)

@@ -121,9 +121,13 @@ def test_column_group_draws_a_line_between_groups_of_columns_in_every_panel():
     for ax in fig.axes[:2]:  # the two panels (the colour bars come after them)
         assert _group_lines(ax) == [3.5, 7.5]  # between columns 3|4 and 7|8, not at the edges
     assert _group_lines(heatmaps({"no groups": nm}).axes[0]) == []
+    assert _ticks(fig.axes[0], 0, 11) == [0.0, 4.0, 8.0]  # a tick where each group starts
     fig, ax = plt.subplots()
     heatmap(nm, ax=ax, column_group=6)
     assert _group_lines(ax) == [5.5]
+    wide = heatmaps({"64 columns": torch.ones(2, 64)}, column_group=4)
+    ticks = _ticks(wide.axes[0], 0, 63)  # fewer ticks, each still where a group starts
+    assert 3 <= len(ticks) <= 6 and all(t % 4 == 0 for t in ticks)
 
 
 @pytest.mark.parametrize("bad", [1, 0, -4, 2.0, "4", True])
