@@ -21,6 +21,7 @@ processes can only run functions they can import, so they live here, not in the 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import pickle
@@ -132,8 +133,10 @@ def warm_up(start_method: str | None = None) -> str:
 def _run_rank(rank, fn, world_size, args, backend, port, folder):
     """What each spawned process runs: join the group, call ``fn``, save its result or error."""
     out = Path(folder)
-    # The processes' own messages (gloo's, warnings) go to a file, not into a notebook.
-    log = open(out / f"stderr{rank}.txt", "w")
+    # The processes' own messages (gloo's, warnings) go to a file, not into a notebook;
+    # stdout too, where some torch releases' gloo reports its connections.
+    log = open(out / f"output{rank}.txt", "w")
+    os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       RANK=str(rank), WORLD_SIZE=str(world_size))
@@ -196,8 +199,8 @@ def launch(fn, world_size: int = 2, args=(), timeout: float = 300.0,
     the cause; a ``RankError`` alone when the exception cannot be rebuilt) and stops the others.
 
     ``fn`` must be importable by a fresh process: a function defined at the top level of a
-    module, not in a notebook or ``__main__``, not a lambda. The processes' stderr (gloo's
-    messages, warnings) is kept out of the caller's output.
+    module, not in a notebook or ``__main__``, not a lambda. The processes' output (gloo's
+    messages, warnings, prints) is kept out of the caller's.
 
     ``start_method=None`` forks the processes from a fork server on Linux (a process that
     imported torch once: the first launch waits for that import, later ones do not; the
@@ -348,7 +351,7 @@ def _ddp_accepts_forward_sync() -> bool:
 
 def wrap_ddp(model: nn.Module, sync_buffers: bool = True, sync_buffers_at_init: bool = True,
              **kwargs) -> nn.parallel.DistributedDataParallel:
-    """``DistributedDataParallel(model)`` with buffer syncing spelled out, on any torch >= 2.3.
+    """``DistributedDataParallel(model)`` with buffer syncing spelled out, on any torch >= 2.9.
 
     ``sync_buffers`` broadcasts rank 0's buffers (masks included) before every forward;
     ``sync_buffers_at_init`` broadcasts them once when wrapping. torch 2.13 deprecates
@@ -480,6 +483,62 @@ def train_worker(rank: int, world_size: int, state: dict, masks: list,
     return {"backend": dist.get_backend(), "agree": masks_agree(ddp),
             "masked_max": _masked_max(ddp), "state": plain_state(ddp),
             "losses": losses, "seconds": seconds}
+
+
+@contextlib.contextmanager
+def _counted_broadcasts():
+    """Count what DDP hands to ``dist._broadcast_coalesced``, the call that syncs its buffers
+    (and, at wrapping, its parameters): calls, bytes and seconds, on this rank."""
+    record = {"calls": 0, "bytes": 0, "seconds": 0.0}
+    real = dist._broadcast_coalesced
+
+    def counted(group, tensors, *args, **kwargs):
+        start = time.perf_counter()
+        result = real(group, tensors, *args, **kwargs)
+        record["seconds"] += time.perf_counter() - start
+        record["calls"] += 1
+        record["bytes"] += _nbytes(tensors)
+        return result
+
+    dist._broadcast_coalesced = counted
+    try:
+        yield record
+    finally:
+        dist._broadcast_coalesced = real
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def buffer_sync_worker(rank: int, world_size: int, state: dict, masks: list,
+                       batches: list, lr: float = 1e-3) -> dict:
+    """Chapter 9: what DDP's default buffer sync sends while training, against
+    ``broadcast_masks`` once and the sync off. For each way, returns the bytes,
+    calls and seconds DDP spent broadcasting during training, the bytes the
+    masks hold and the gradients DDP averages per step, the seconds of each
+    step, whether the masks agree, and the plain state dict."""
+    device = rank_device(rank)
+    report = {}
+    for label in ("default", "broadcast_masks, sync off"):
+        model = _masked_copy(state, masks).to(device)
+        mask_bytes = _nbytes(masked_parameters(model).values())
+        if label == "default":
+            ddp, sent_before = wrap_ddp(model), 0
+        else:
+            sent_before = mask_bytes  # broadcast_masks sends each mask once
+            ddp = wrap_ddp(broadcast_masks(model), sync_buffers=False,
+                           sync_buffers_at_init=False)
+        optimizer = torch.optim.AdamW(ddp.parameters(), lr=lr)
+        with _counted_broadcasts() as sent:
+            seconds = train_steps(ddp, batches, optimizer, rank, world_size)
+        report[label] = {
+            "bytes": sent["bytes"], "calls": sent["calls"],
+            "broadcast_seconds": sent["seconds"], "seconds": seconds,
+            "before_training": sent_before, "mask_bytes": mask_bytes,
+            "grad_bytes": _nbytes(p for p in ddp.parameters() if p.requires_grad),
+            "agree": masks_agree(ddp), "state": plain_state(ddp)}
+    return report
 
 
 def _error_text(error: BaseException) -> str:

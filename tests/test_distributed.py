@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from maskutils import apply_mask, get_mask, mask_layers, random_mask, remove_mask
-from maskutils.distributed import (RankError, backend_for, broadcast_masks, launch, masks_agree,
-                                   shrink_masks, train_steps, wrap_ddp)
+from maskutils import (apply_mask, get_mask, mask_layers, masked_parameters, random_mask,
+                       remove_mask)
+from maskutils.distributed import (RankError, _counted_broadcasts, backend_for, broadcast_masks,
+                                   launch, masks_agree, shrink_masks, train_steps, wrap_ddp)
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -66,7 +67,15 @@ def _checks(rank: int, world_size: int) -> dict:
     out["agree_wrapped"], out["agree_unsynced"] = masks_agree(ddp), masks_agree(apart)
     batch = (torch.randn(8, 6, generator=torch.Generator().manual_seed(1)),
              torch.arange(8) % 3)
-    train_steps(ddp, [batch] * 3, torch.optim.SGD(ddp.parameters(), lr=0.5), rank, world_size)
+    with _counted_broadcasts() as synced:  # DDP's default: the masks before every forward
+        train_steps(ddp, [batch] * 3, torch.optim.SGD(ddp.parameters(), lr=0.5), rank,
+                    world_size)
+    with _counted_broadcasts() as unsynced:
+        train_steps(apart, [batch], torch.optim.SGD(apart.parameters(), lr=0.5), rank,
+                    world_size)
+    out["broadcast"] = {"synced": synced["bytes"], "unsynced": unsynced["bytes"],
+                        "masks": sum(m.numel() * m.element_size()
+                                     for m in masked_parameters(fresh).values())}
     shrink_masks(ddp, 0.8)
     train_steps(ddp, [batch] * 2, torch.optim.SGD(ddp.parameters(), lr=0.5), rank, world_size)
     out["agree_shrunk"] = masks_agree(ddp)
@@ -139,6 +148,13 @@ def test_masks_made_before_wrapping_agree_and_stay_zero(checked):
         assert torch.equal(w0, w1)
         assert (w0[mask == 0] == 0).all() and (mask == 0).float().mean() >= 0.79
     assert all(torch.equal(a, b) for a, b in zip(checked[0]["masks"], checked[1]["masks"]))
+
+
+def test_the_default_buffer_sync_sends_every_mask_before_every_forward(checked):
+    for r in checked:  # 3 steps with the sync on, 1 with it off
+        assert r["broadcast"]["masks"] == (5 * 6 + 3 * 5) * 4  # float32, as large as weights
+        assert r["broadcast"]["synced"] == 3 * r["broadcast"]["masks"]
+        assert r["broadcast"]["unsynced"] == 0
 
 
 def test_masking_a_ddp_wrapper_is_refused_and_changes_nothing(checked):
