@@ -1,9 +1,17 @@
 """Applying a fixed mask to a parameter with ``torch.nn.utils.parametrize``.
 
-After ``apply_mask`` every access to ``module.weight`` computes ``original * mask``, so the
-masked entries are zero in the forward pass and autograd gives them zero gradient. The mask
-is a buffer (saved in ``state_dict``, moved by ``.to()``) and the original ``Parameter`` object
-is kept, so an optimizer built before still trains it.
+After ``apply_mask`` every access to ``module.weight`` computes ``original * mask``: the
+original where the mask is 1 and exactly 0 where it is 0 (even where the original holds ``inf``
+or NaN, which a product would turn into NaN), so autograd gives the masked entries zero
+gradient. The mask is a buffer (saved in ``state_dict``, moved by ``.to()``) and the original
+``Parameter`` object is kept, so an optimizer built before still trains it.
+
+``module.weight`` is computed on every access, so writing into it in place would change a
+temporary copy and leave the layer as it was. Outside a forward pass it is therefore returned
+as a ``ComputedWeight``, a tensor that computes like any other but refuses in-place writes
+(``nn.init.normal_(layer.weight)``, ``layer.reset_parameters()``, ``layer.weight.data.zero_()``,
+``layer.weight[0] = 1``) with an error that names the stored original,
+``layer.parametrizations.weight.original``, the tensor to write into instead.
 
 ``mask_layers(model, sparsity)`` masks every weight matrix or kernel of a model (every
 parameter with at least two dimensions, whatever the module: Linear, Conv, attention,
@@ -25,6 +33,7 @@ True
 from __future__ import annotations
 
 import fnmatch
+import sys
 import warnings
 
 import torch
@@ -32,12 +41,189 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 
+# --- the weight a parametrization computes: exact zeros, and no silent in-place writes --------
+
+_PARAMETRIZE_FILE = parametrize.__file__
+_INPLACE_OPERATORS = frozenset(f"__i{op}__" for op in (
+    "add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor",
+    "lshift", "rshift"))
+_NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "retain_grad"})
+_WRITES: dict = {}  # torch function -> does it write into its first argument
+
+
+def _writes(func, kwargs) -> bool:
+    """Does ``func`` write into its first argument (``zero_``, ``copy_``, ``[...] =``, ...)?"""
+    if kwargs.get("inplace") is True:
+        return True
+    try:
+        return _WRITES[func]
+    except (KeyError, TypeError):
+        pass
+    name = getattr(func, "__name__", "")
+    writes = (name in ("__setitem__", "__set__") or name in _INPLACE_OPERATORS
+              or (name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES))
+    try:
+        _WRITES[func] = writes
+    except TypeError:
+        pass
+    return writes
+
+
+class _ComputedWeightType(type(torch.Tensor)):
+    """``isinstance(parameter, ComputedWeight)`` is True, so that ``torch.testing.assert_close``
+    compares a computed weight with a ``Parameter`` as it compares a plain tensor with one
+    (it requires one input to be an instance of the other's type). Code in this module tests
+    ``type(x) is ComputedWeight``."""
+
+    def __instancecheck__(cls, instance):
+        return type.__instancecheck__(cls, instance) or isinstance(instance, nn.Parameter)
+
+
+class ComputedWeight(torch.Tensor, metaclass=_ComputedWeightType):
+    """A tensor computed by a mask (``layer.weight`` read outside a forward pass).
+
+    It computes like any tensor (every result is a plain ``torch.Tensor``), but an in-place
+    write into it, or into a view of it, raises an error: the write would change this temporary
+    copy and leave the layer as it was. Write into the stored original instead
+    (``layer.parametrizations.weight.original``), or assign ``layer.weight = values``.
+
+    >>> layer = apply_mask(nn.Linear(2, 2), torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    >>> nn.init.zeros_(layer.weight)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: layer.weight of this masked Linear is computed ...nn.init.normal_(layer.parametrizations.weight.original)...
+    >>> with torch.no_grad():
+    ...     _ = nn.init.zeros_(layer.parametrizations.weight.original)
+    >>> layer.weight.abs().sum().item()
+    0.0
+    """
+
+    _maskutils_what = ("weight", "original * mask", "masked layer")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = args[0] if args else next(iter(kwargs.values()), None)
+        written = kwargs.get("out")
+        if type(target) is ComputedWeight and _writes(func, kwargs):
+            written = target
+        if type(written) is ComputedWeight:
+            raise RuntimeError(_in_place_message(written, func))
+        with torch._C.DisableTorchFunctionSubclass():
+            result = func(*args, **kwargs)
+        if type(target) is ComputedWeight:
+            result = _keep_guarding_aliases(result, target)
+        return result
+
+    def __repr__(self, **kwargs):
+        return _as_plain_tensor(self, torch.Tensor.__repr__, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return _as_plain_tensor(self, torch.Tensor.__deepcopy__, memo)
+
+    def __reduce_ex__(self, protocol):
+        return _as_plain_tensor(self, torch.Tensor.__reduce_ex__, protocol)
+
+
+def _as_plain_tensor(tensor: ComputedWeight, method, *args, **kwargs):
+    """Call a ``torch.Tensor`` method on ``tensor`` as the plain tensor it is underneath."""
+    tensor.__class__ = torch.Tensor
+    try:
+        return method(tensor, *args, **kwargs)
+    finally:
+        tensor.__class__ = ComputedWeight
+
+
+def _in_place_message(tensor: ComputedWeight, func) -> str:
+    name, formula, owner = tensor._maskutils_what
+    what = getattr(func, "__name__", "")
+    what = {"__set__": "an assignment to one of its attributes (.data = ...)",
+            "__setitem__": "an item assignment (weight[...] = ...)"}.get(what, what or "it")
+    original = f"layer.parametrizations.{name}.original"
+    return (
+        f"layer.{name} of this {owner} is computed from the stored original on every access "
+        f"({formula}), so an in-place write into it ({what}) would change a temporary copy "
+        f"and leave the layer as it was. Write into the stored original instead: with "
+        f"torch.no_grad(): nn.init.normal_({original}), or assign layer.{name} = new_values "
+        f"(the mask stays). For reset_parameters(), run its initialisation on {original}"
+    )
+
+
+def _keep_guarding_aliases(result, source: ComputedWeight):
+    """Views and aliases of a ``ComputedWeight`` (``w[0]``, ``w.t()``, ``w.data``) stay one."""
+    if isinstance(result, (tuple, list)):
+        return type(result)(_keep_guarding_aliases(r, source) for r in result)
+    if type(result) is not torch.Tensor or result.layout != torch.strided:
+        return result
+    try:
+        ptr = source.untyped_storage().data_ptr()
+        shares = ptr != 0 and result.untyped_storage().data_ptr() == ptr
+    except (RuntimeError, NotImplementedError):  # tensors without storage (meta, wrappers)
+        return result
+    if shares:
+        result.__class__ = ComputedWeight
+        result._maskutils_what = source._maskutils_what
+    return result
+
+
+def _read_by_a_forward() -> bool:
+    """Is a module's ``forward`` reading the parametrized tensor (the hot path: no guard)?
+
+    Walks up from the parametrization to the frame that read ``module.<name>``.
+    """
+    frame = sys._getframe(2)
+    for _ in range(24):
+        if frame is None:
+            break
+        code = frame.f_code
+        if code.co_name == "get_parametrized" and code.co_filename == _PARAMETRIZE_FILE:
+            caller = frame.f_back
+            return caller is not None and caller.f_code.co_name == "forward"
+        frame = frame.f_back
+    return True  # not read as a module attribute: leave it plain
+
+
+def _guard_computed(value: torch.Tensor, what: tuple[str, str, str]) -> torch.Tensor:
+    """``value`` as a ``ComputedWeight`` when it is read outside a forward pass (else as is)."""
+    if (type(value) is not torch.Tensor or torch.compiler.is_compiling()
+            or torch._C._get_tracing_state() is not None or _read_by_a_forward()):
+        return value
+    try:
+        value.__class__ = ComputedWeight
+    except TypeError:  # pragma: no cover - a tensor type that cannot change class
+        return value
+    value._maskutils_what = what  # (tensor name, formula, kind of layer) for the message
+    return value
+
+
+def _masked(original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``original * mask``, and exactly 0 wherever the mask is 0, whatever the original holds.
+
+    A product alone turns ``inf * 0`` into NaN. ``torch.where`` fixes that, but on a CPU it is
+    several times slower than the product, so there the product comes first and a sum checks
+    it: a NaN anywhere makes the sum NaN, and only then does ``torch.where`` run. On other
+    devices, and when compiled, the selection always runs (it is cheap there, and the check
+    would wait for the device). Gradients are those of the product: zero at masked entries.
+
+    >>> _masked(torch.tensor([float("inf"), float("nan"), 2.0]), torch.tensor([0.0, 0, 1]))
+    tensor([0., 0., 2.])
+    """
+    out = original * mask
+    if (original.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()
+            and not torch.isnan(out.detach().sum())):
+        return out
+    return torch.where(mask != 0, out, 0)
+
+
 class Mask(nn.Module):
     """The parametrization ``weight = original * mask``; the mask is a buffer.
 
+    A masked entry reads exactly 0, whatever the original holds there (``inf`` too).
     ``right_inverse`` makes assignment work on a masked layer: ``layer.weight = tensor`` stores
     a copy of ``tensor`` (an ``nn.Parameter``'s own storage) in the original, which stays the
-    same ``Parameter`` object, and the layer then reads ``tensor * mask``.
+    same ``Parameter`` object, and the layer then reads ``tensor * mask``. Read outside a
+    forward pass, the weight is a ``ComputedWeight``, which refuses in-place writes.
     """
 
     def __init__(self, mask: torch.Tensor):
@@ -45,9 +231,11 @@ class Mask(nn.Module):
         self.register_buffer("mask", mask)
         self._registering = False
         self._holders = 0  # how many (module, name) places read through this mask (ties: > 1)
+        self._what = ("weight", "original * mask", "masked layer")  # for error messages
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return original * self.mask
+        what = getattr(self, "_what", ("weight", "original * mask", "masked layer"))
+        return _guard_computed(_masked(original, self.mask), what)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         if self._registering:  # register_parametrization: keep the original as it is
@@ -89,17 +277,63 @@ def _refuse_if_ddp_wrapped(module) -> None:
         )
 
 
+def _computed_by_hooks(module: nn.Module) -> dict[str, tuple[str, list[str], str]]:
+    """``{tensor name: (tool, stored tensors, what to do)}`` for every tensor of ``module`` that a
+    forward pre-hook recomputes before each forward: ``torch.nn.utils.prune`` and the old,
+    hook-based ``weight_norm`` and ``spectral_norm``. Such a tensor is a plain attribute, not
+    a parameter; masking the stored tensors underneath would miss the requested sparsity."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    found = {}
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, BasePruningMethod):
+            name = hook._tensor_name
+            found[name] = ("torch.nn.utils.prune", [f"{name}_orig", f"{name}_mask"],
+                           f"make that pruning permanent first, then mask: "
+                           f"torch.nn.utils.prune.remove(layer, {name!r}) keeps its zeros")
+        elif isinstance(hook, WeightNorm):
+            name = hook.name
+            found[name] = ("the old, hook-based torch.nn.utils.weight_norm",
+                           [f"{name}_g", f"{name}_v"],
+                           "use torch.nn.utils.parametrizations.weight_norm instead (masks go "
+                           "on top of it), or remove it first (torch.nn.utils.remove_weight_norm)")
+        elif isinstance(hook, SpectralNorm):
+            name = hook.name
+            found[name] = ("the old, hook-based torch.nn.utils.spectral_norm",
+                           [f"{name}_orig", f"{name}_u"],
+                           "use torch.nn.utils.parametrizations.spectral_norm instead (masks go "
+                           "on top of it), or remove it first (torch.nn.utils.remove_spectral_norm)")
+    return found
+
+
 def _check_name(module: nn.Module, name: str) -> torch.Tensor:
     """Return the current (effective) tensor ``module.<name>``, or raise a clear error."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str such as 'weight', got {name!r}")
     is_param = name in dict(module.named_parameters(recurse=False))
     if not (is_param or parametrize.is_parametrized(module, name)):
+        kind = type(module).__name__
+        hooked = _computed_by_hooks(module)
+        if name in hooked:
+            tool, stored, fix = hooked[name]
+            raise ValueError(
+                f"{kind}.{name} is not a parameter: {tool} computes it from "
+                f"{', '.join(stored)} before every forward, so a mask on it would be "
+                f"overwritten; {fix}"
+            )
+        if isinstance(module._buffers.get(name), torch.Tensor):
+            raise ValueError(
+                f"{kind} has no parameter {name!r}: it is a buffer, and masks go on parameters "
+                f"(a frozen weight kept as a buffer can be registered as "
+                f"nn.Parameter(tensor, requires_grad=False) and then masked)"
+            )
         known = sorted(dict(module.named_parameters(recurse=False)))
         if parametrize.is_parametrized(module):
             known += sorted(module.parametrizations.keys())
         raise ValueError(
-            f"{type(module).__name__} has no parameter {name!r}; its parameters are {sorted(set(known))}"
+            f"{kind} has no parameter {name!r}; its parameters are {sorted(set(known))}"
         )
     return getattr(module, name)
 
@@ -121,6 +355,18 @@ def check_mask(mask, like: torch.Tensor, what: str = "mask") -> torch.Tensor:
     """Return ``mask`` as a 0/1 tensor of ``like``'s dtype and device, or raise a clear error."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor of 0s and 1s, got {type(mask).__name__}")
+    if like.device.type == "meta":
+        raise ValueError(
+            f"the parameter is on the meta device, so it has no values yet (a model built "
+            f"under torch.device('meta')); a mask put on it would be lost when the model is "
+            f"materialized (to_empty). Load the weights first (model.to_empty(device=...) "
+            f"and load_state_dict), then mask"
+        )
+    if mask.device.type == "meta":
+        raise ValueError(
+            f"{what} is on the meta device, so it holds no values to check or apply; build it "
+            f"on a real device (e.g. cpu), from the weight's values"
+        )
     if mask.shape != like.shape:
         raise ValueError(
             f"{what} has shape {tuple(mask.shape)} but the parameter has shape {tuple(like.shape)}"
@@ -222,6 +468,9 @@ def _register(places: list[tuple[nn.Module, str]], mask: torch.Tensor):
                 buffer.copy_(saved)
         return undo_stack
     shared = Mask(mask)
+    first, name = places[0]
+    owner = parametrize.type_before_parametrizations(first).__name__
+    shared._what = (name, "original * mask", f"masked {owner}")
     done = []
 
     def undo():
@@ -384,8 +633,13 @@ def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True, *,
     mask_module = _mask_modules(module, name)[-1]
     places, names = _tied_places(module, name, model, "remove_mask")
     if model is not None and len(places) > 1:
+        targets = [(m, n) for m, n in places
+                   if any(x is mask_module for x in _mask_modules(m, n))]
+        holders = [(full[: -len(n) - 1] if full != n else "", m, n)
+                   for (m, n), full in zip(places, names)]
+        changed = _changed_by_baking(holders, targets) if bake else []
         unmasked = [full for (m, n), full in zip(places, names)
-                    if not any(x is mask_module for x in _mask_modules(m, n))]
+                    if not any(x is mask_module for x in _mask_modules(m, n)) and full in changed]
         if unmasked and bake:
             here = next(full for (m, n), full in zip(places, names) if m is module and n == name)
             raise ValueError(
@@ -393,8 +647,6 @@ def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True, *,
                 "read it unmasked: baking would write the mask's zeros into them too; mask "
                 "every place (apply_mask(..., model=model)) or remove with bake=False"
             )
-        targets = [(m, n) for m, n in places
-                   if any(x is mask_module for x in _mask_modules(m, n))]
     else:
         if mask_module._holders > 1 and not bake:
             raise ValueError(
@@ -424,10 +676,22 @@ def masked_parameters(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     """
     _check_module(model)
     found = {}
-    for _, sub in _walk(model):
+    for mod_name, sub in _walk(model):
         if parametrize.is_parametrized(sub):
             for name, plist in sub.parametrizations.items():
                 masks = [p for p in plist if isinstance(p, Mask)]
+                if masks and not hasattr(plist, "original"):
+                    kinds = ", ".join(type(p).__name__ for p in plist if not isinstance(p, Mask))
+                    raise ValueError(
+                        f"masked_parameters: {_full(mod_name, name)} is masked on top of a "
+                        f"parametrization with several stored tensors ({kinds}, e.g. "
+                        f"torch.nn.utils.parametrizations.weight_norm), so no single parameter "
+                        f"holds the masked values to pair with the mask. The forward mask "
+                        f"alone keeps those entries at zero; to use hooks, remove that "
+                        f"parametrization first (parametrize.remove_parametrizations(layer, "
+                        f"{name!r}) after remove_mask(layer, {name!r}, bake=False)) and mask "
+                        f"the plain weight"
+                    )
                 if masks:
                     found[plist.original] = masks[-1].mask
     return found
@@ -459,6 +723,8 @@ def remove_masks(model: nn.Module, bake: bool = True) -> list[str]:
                 f"{full} also has other parametrizations "
                 f"({', '.join(type(p).__name__ for p in others)}); remove those first"
             )
+    if bake:
+        _refuse_baking_into_other_places(model)
     for full, sub, name in todo:
         if _mask_modules(sub, name):
             own_parametrized_class(sub)
@@ -466,6 +732,65 @@ def remove_masks(model: nn.Module, bake: bool = True) -> list[str]:
             parametrize.remove_parametrizations(sub, name, leave_parametrized=bool(bake))
             mask_module._holders -= 1
     return [full for full, _, _ in todo]
+
+
+def _effective_mask(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The product of every ``apply_mask`` mask on ``module.<name>`` (None: not masked)."""
+    masks = _mask_modules(module, name)
+    if not masks:
+        return None
+    product = masks[0].mask
+    for extra in masks[1:]:
+        product = product * extra.mask
+    return product
+
+
+def _changed_by_baking(holders, baked) -> list[str]:
+    """The places of one tied tensor whose values would change if ``baked`` places baked.
+
+    ``holders``: ``[(name, module, tensor name)]``, every place that reads the tensor;
+    ``baked``: the ``(module, tensor name)`` pairs whose masks are removed with ``bake=True``
+    (each writes what it reads into the shared tensor, in turn). A tie masked once, or a place
+    whose masked entries already hold zeros, does not change.
+    """
+    stored = _stored(holders[0][1], holders[0][2])
+    with torch.no_grad():
+        masks = [_effective_mask(m, n) for _, m, n in holders]
+        before = [stored if mask is None else _masked(stored, mask) for mask in masks]
+        final = stored
+        for (_, m, n), mask in zip(holders, masks):
+            if mask is not None and any(m is bm and n == bn for bm, bn in baked):
+                final = _masked(final, mask)
+        changed = []
+        for (name, m, n), mask, now in zip(holders, masks, before):
+            kept = mask is not None and not any(m is bm and n == bn for bm, bn in baked)
+            after = _masked(final, mask) if kept else final
+            same = (now == after) | (torch.isnan(now) & torch.isnan(after))
+            if not bool(same.all()):
+                changed.append(_full(name, n))
+    return changed
+
+
+def _refuse_baking_into_other_places(model: nn.Module) -> None:
+    """Baking writes the masked values into the stored tensor. When another place reads that
+    tensor (a tie) unmasked or through a different mask, baking changes what it computes:
+    refuse, naming the places. A tie masked once bakes safely."""
+    for holders in _places(model).values():
+        masked = [(m, n) for _, m, n in holders if _mask_modules(m, n)]
+        if len(holders) < 2 or not masked:
+            continue
+        changed = _changed_by_baking(holders, masked)
+        if changed:
+            names = [_full(a, n) for a, _, n in holders]
+            first = next(_full(a, n) for a, m, n in holders if _mask_modules(m, n))
+            raise ValueError(
+                f"remove_masks(bake=True): {', '.join(names)} are one tied tensor, and baking "
+                f"{first}'s mask into it would silently change what {', '.join(changed)} "
+                f"{'reads' if len(changed) == 1 else 'read'} (a place that reads it unmasked, "
+                f"or through another mask). Nothing was removed. Mask every place alike first "
+                f"(apply_mask(layer, mask, model=model), or mask_layers), remove with "
+                f"bake=False, or give {first} its own copy of the tensor (untie it)"
+            )
 
 
 def load_dense_state_dict(model: nn.Module, state_dict: dict, strict: bool = True) -> nn.Module:
@@ -538,6 +863,41 @@ def load_dense_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+EMBEDDING_LIKE = ("a class token or position embedding held as a plain parameter (added to "
+                  "the activations, not a weight matrix; pass embeddings=True to mask it)")
+
+
+def _looks_like_an_embedding(pname: str) -> bool:
+    """Is a plain parameter by its name a token or position embedding (ViT's ``cls_token`` and
+    ``position_embeddings``, torchvision's ``class_token`` and ``pos_embedding``, timm's
+    ``pos_embed``, CLIP's ``positional_embedding``, Swin's ``relative_position_bias_table``)?"""
+    name = pname.lower()
+    return ("token" in name or "position" in name or ("pos" in name and "emb" in name)
+            or name.endswith(("embedding", "embeddings", "embed")))
+
+
+def _stacked_on_several_tensors(model: nn.Module):
+    """``(name, module, tensor name)`` of every parametrized tensor computed from several stored
+    tensors (``torch.nn.utils.parametrizations.weight_norm``: ``original0``, ``original1``).
+    ``mask_layers`` masks them on top, like any parametrized weight."""
+    for mod_name, module in _walk(model):
+        if parametrize.is_parametrized(module):
+            for pname, plist in module.parametrizations.items():
+                if not hasattr(plist, "original"):
+                    yield _full(mod_name, pname), module, pname
+
+
+def _frozen_weights(model: nn.Module):
+    """``(name, module)`` of every floating-point buffer with at least two dimensions (a weight
+    kept frozen as a buffer), except the buffers of ``torch.nn.utils.prune`` and the old
+    ``spectral_norm``; the masks' own buffers are parametrization internals, never listed."""
+    for mod_name, module in _walk(model):
+        internal = {f"{name}{suffix}" for name in _computed_by_hooks(module)
+                    for suffix in ("_mask", "_u", "_v")}
+        for bname, buffer in module._buffers.items():
+            if (isinstance(buffer, torch.Tensor) and buffer.is_floating_point()
+                    and buffer.dim() >= 2 and bname not in internal):
+                yield _full(mod_name, bname), module
 
 
 class MaskedLayers(dict):
@@ -648,11 +1008,12 @@ def mask_layers(model: nn.Module, sparsity: float, how: str = "magnitude",
       weight_ih_l0 (32, 4): 50% of 128 removed
       weight_hh_l0 (32, 8): 50% of 256 removed
     """
-    from .masks import check_sparsity, magnitude_mask, random_mask
+    from .masks import check_generator, check_sparsity, magnitude_mask, random_mask
 
     _check_module(model)
     _refuse_if_ddp_wrapped(model)
-    sparsity = check_sparsity(sparsity)
+    sparsity = check_sparsity(sparsity, below_one=True)
+    generator = check_generator(generator)
     builders = {
         "magnitude": lambda w: magnitude_mask(w, sparsity),
         "random": lambda w: random_mask(w, sparsity, generator=generator),
@@ -664,33 +1025,81 @@ def mask_layers(model: nn.Module, sparsity: float, how: str = "magnitude",
     keep = _matcher(include, "include")
     drop = _matcher(exclude, "exclude")
 
-    chosen, left_out, quiet, tied = [], {}, {}, {}
+    chosen, left_out, quiet, tied, refused = [], {}, {}, {}, {}
+
+    def filtered(names, modules) -> bool:
+        """Leave it out quietly when include/exclude say so (True)."""
+        if keep is not None and not any(keep(n, m) for n, m in zip(names, modules)):
+            quiet[names[0]] = "not matched by include"
+            return True
+        if drop is not None and any(drop(n, m) for n, m in zip(names, modules)):
+            quiet[names[0]] = "matched by exclude"
+            return True
+        return False
+
+    def embedding_like(names, why) -> bool:
+        """Leave out an embedding unless embeddings=True (warned about when None)."""
+        if embeddings:
+            return False
+        if len(names) > 1:
+            why += f"; tied to {', '.join(names[1:])}"
+        (left_out if embeddings is None else quiet)[names[0]] = why
+        return True
+
     for places in _places(model).values():
         mod_name, module, pname = places[0]
         names = [_full(a, n) for a, _, n in places]
+        modules = [m for _, m, _ in places]
         if getattr(module, pname).dim() < 2:
             continue
-        if any(isinstance(m, EMBEDDINGS) for _, m, _ in places) and not embeddings:
-            why = "an embedding (pass embeddings=True to mask it)"
-            if len(names) > 1:
-                why += f"; tied to {', '.join(names[1:])}"
-            (left_out if embeddings is None else quiet)[names[0]] = why
+        if any(isinstance(m, EMBEDDINGS) for m in modules):
+            if embedding_like(names, "an embedding (pass embeddings=True to mask it)"):
+                continue
+        elif _looks_like_an_embedding(pname) and embedding_like(names, EMBEDDING_LIKE):
             continue
-        if keep is not None and not any(keep(n, m) for n, (_, m, _) in zip(names, places)):
-            quiet[names[0]] = "not matched by include"
+        hooked = {stored: (name, tool, stored_names, fix) for name, (tool, stored_names, fix)
+                  in _computed_by_hooks(module).items() for stored in stored_names}
+        if pname in hooked:
+            name, tool, stored_names, fix = hooked[pname]
+            effective = _full(mod_name, name)
+            if not filtered([effective, *names], [module, *modules]):
+                refused[effective] = (f"{effective} is computed by {tool} from "
+                                      f"{' and '.join(stored_names)} before every forward; {fix}")
             continue
-        if drop is not None and any(drop(n, m) for n, (_, m, _) in zip(names, places)):
-            quiet[names[0]] = "matched by exclude"
+        if filtered(names, modules):
             continue
         _check_tie_state([(m, n) for _, m, n in places], names)
         chosen.append((names, [(m, n) for _, m, n in places]))
         if len(names) > 1:
             tied[names[0]] = names[1:]
+    for full, module, pname in _stacked_on_several_tensors(model):
+        if getattr(module, pname).dim() >= 2 and not filtered([full], [module]):
+            chosen.append(([full], [(module, pname)]))   # e.g. weight_norm: masked on top
+    for full, module in _frozen_weights(model):
+        if not filtered([full], [module]):
+            left_out[full] = ("a buffer, not a parameter (frozen, never trained): masks go on "
+                              "parameters; register it as nn.Parameter(tensor, "
+                              "requires_grad=False) to mask it")
+    if refused:
+        raise ValueError(
+            "mask_layers: nothing masked. " + ". ".join(refused.values())
+            + f". Masking the stored tensor underneath would combine two masks and miss "
+            f"sparsity={sparsity}. Or leave the layer out: exclude=[{next(iter(refused))!r}]"
+        )
     if not chosen:
         raise ValueError(
             f"{type(model).__name__} has no weight to mask (no parameter with at least 2 "
             f"dimensions{' left after include/exclude/embeddings' if left_out or quiet else ''})"
             + (f"; left out: {sorted({**left_out, **quiet})}" if left_out or quiet else "")
+        )
+    on_meta = [names[0] for names, ((module, pname), *_) in chosen
+               if getattr(module, pname).device.type == "meta"]
+    if on_meta:
+        raise ValueError(
+            f"mask_layers: {', '.join(on_meta[:3])}{' ...' if len(on_meta) > 3 else ''} "
+            f"{'is' if len(on_meta) == 1 else 'are'} on the meta device, with no values to "
+            f"rank and a mask that would be lost when the model is materialized; load the "
+            f"weights first (model.to_empty(device=...) and load_state_dict), then mask"
         )
     masks = {}
     for names, places in chosen:  # build every mask before masking anything

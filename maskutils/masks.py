@@ -21,21 +21,63 @@ import torch
 from torch import nn
 
 
-def check_sparsity(value, what: str = "sparsity") -> float:
-    """Return ``value`` as a float after checking it is a number in [0, 1]."""
+def check_sparsity(value, what: str = "sparsity", below_one: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a number in [0, 1].
+
+    ``below_one=True`` also refuses 1, as every function that prunes a whole model does
+    (``mask_layers``, ``gradual_magnitude_prune``, ``one_shot_prune``, ``prune_units``):
+    removing every weight leaves a model that computes only from its biases.
+
+    >>> check_sparsity(0.5)
+    0.5
+    >>> check_sparsity(1, below_one=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: sparsity must be in [0, 1) (the fraction of weights removed; 1 would remove ...
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number in [0, 1] (the fraction removed), got {value!r}")
+        interval = "[0, 1)" if below_one else "[0, 1]"
+        raise TypeError(f"{what} must be a number in {interval} (the fraction removed), "
+                        f"got {value!r}")
     value = float(value)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(
-            f"{what} must be in [0, 1] (the fraction of entries removed), got {value}"
+            f"{what} must be in {'[0, 1)' if below_one else '[0, 1]'} (the fraction of entries "
+            f"removed), got {value}"
+        )
+    if below_one and value == 1.0:
+        raise ValueError(
+            f"{what} must be in [0, 1) (the fraction of weights removed; 1 would remove every "
+            f"weight and leave a model that computes only from its biases), got 1.0"
         )
     return value
+
+
+def check_generator(generator):
+    """Return ``generator`` after checking it is a ``torch.Generator`` or None.
+
+    >>> check_generator(0)
+    Traceback (most recent call last):
+    ...
+    TypeError: generator must be a torch.Generator or None, got int 0; for a seed pass ...
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+            f"{generator!r}; for a seed pass torch.Generator().manual_seed(seed)"
+        )
+    return generator
 
 
 def _check_tensor(x, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{what} is on the meta device, so it has no values (and a mask made from it would "
+            f"hold none); use a tensor on a real device, e.g. the loaded weight or "
+            f"torch.empty(shape)"
+        )
     if x.numel() == 0:
         raise ValueError(f"{what} is empty; a mask needs at least one entry")
     return x
@@ -65,6 +107,7 @@ def random_mask(like: torch.Tensor, sparsity: float, generator: torch.Generator 
     """
     like = _check_tensor(like, "like")
     s = check_sparsity(sparsity)
+    generator = check_generator(generator)
     where = generator.device if generator is not None else torch.device("cpu")
     order = torch.randperm(like.numel(), generator=generator, device=where)
     return _remove(like, order, _n_removed(like.numel(), s))
@@ -194,6 +237,11 @@ def sparsity(x) -> float:
         zeros = total = 0
         with torch.no_grad():
             for w in _measured(x):
+                if w.device.type == "meta":
+                    raise ValueError(
+                        f"{type(x).__name__} has weights on the meta device, with no values "
+                        f"to count; load its weights first (model.to_empty(device=...) and "
+                        f"load_state_dict)")
                 zeros += int((w == 0).sum())
                 total += w.numel()
         if total == 0:

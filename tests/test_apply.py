@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -641,6 +642,89 @@ def test_baking_a_tie_masked_in_one_place_is_refused_with_the_model(left_alone):
     assert torch.equal(model["embed"].weight, dense)
 
 
+# --- mask_layers names every >= 2-D weight it leaves, and handles reparametrized layers -------
+
+class _FrozenAndTokens(nn.Module):
+    """A frozen weight kept as a buffer, and torchvision-style class token and positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.register_buffer("frozen", torch.randn(8, 8))
+        self.register_buffer("steps", torch.zeros(2, 2, dtype=torch.long))   # not a weight
+        self.class_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.pos_embedding = nn.Parameter(torch.randn(1, 5, 8))
+        self.embed = nn.Embedding(10, 8)
+
+
+def test_mask_layers_names_buffers_tokens_positions_and_embeddings_it_leaves():
+    model = _FrozenAndTokens()
+    with pytest.warns(UserWarning, match=r"left out 4 weight") as warned:
+        result = mask_layers(model, 0.5)
+    message = str(warned[0].message)
+    for words in ("frozen: a buffer", "class_token: a class token or position embedding",
+                  "pos_embedding: a class token", "embed.weight: an embedding"):
+        assert words in message
+    assert list(result) == ["linear.weight"]
+    assert set(result.left_out) == {"frozen", "class_token", "pos_embedding", "embed.weight"}
+    assert "nn.Parameter(tensor, requires_grad=False)" in result.left_out["frozen"]
+    assert "pass embeddings=True" in result.left_out["pos_embedding"]
+    assert "frozen: a buffer" in result.report()
+    assert torch.count_nonzero(model.class_token) == 0 and sparsity(model.pos_embedding) == 0
+
+
+def test_mask_layers_names_what_it_leaves_out_quietly_too():
+    model = _FrozenAndTokens()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(UserWarning, match="frozen: a buffer"):
+            mask_layers(copy.deepcopy(model), 0.5, embeddings=False)
+    quiet = mask_layers(model, 0.5, embeddings=False, exclude="frozen")
+    assert set(quiet.left_out) == {"frozen", "class_token", "pos_embedding", "embed.weight"}
+    assert quiet.left_out["frozen"] == "matched by exclude"
+
+
+def test_mask_layers_with_embeddings_masks_tokens_and_positions_too():
+    model = _FrozenAndTokens()
+    with pytest.warns(UserWarning, match="frozen: a buffer"):
+        result = mask_layers(model, 0.5, embeddings=True)
+    assert set(result) == {"linear.weight", "class_token", "pos_embedding", "embed.weight"}
+
+
+def test_mask_layers_leaves_a_hugging_face_vit_class_token_and_positions_dense():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, image_size=8, patch_size=4,
+                                    num_channels=1)
+    vit = transformers.ViTModel(config).eval()
+    before = {n: p.detach().clone() for n, p in vit.embeddings.named_parameters()}
+    with pytest.warns(UserWarning, match=r"embeddings\.cls_token.*embeddings\.position_embeddings"):
+        result = mask_layers(vit, 0.5)
+    assert {"embeddings.cls_token", "embeddings.position_embeddings"} == set(result.left_out)
+    assert "embeddings.patch_embeddings.projection.weight" in result      # a Conv2d: masked
+    for name in ("cls_token", "position_embeddings"):
+        assert torch.equal(getattr(vit.embeddings, name), before[name])
+    blocks = [n for n in result if "layer." in n or "layers." in n]
+    assert blocks and all(sparsity(result[n]) == 0.5 for n in blocks)
+
+
+@pytest.mark.parametrize("wrap", [torch.nn.utils.parametrizations.weight_norm,
+                                  torch.nn.utils.parametrizations.spectral_norm],
+                         ids=["weight_norm", "spectral_norm"])
+def test_mask_layers_masks_on_top_of_weight_norm_and_spectral_norm(wrap):
+    """The layer ends at the requested sparsity (it was skipped silently under weight_norm)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), wrap(nn.Linear(8, 8)))
+    result = mask_layers(model, 0.5)
+    assert set(result) == {"0.weight", "1.weight"}
+    assert sparsity(model[1].weight) == 0.5 and sparsity(model) == 0.5
+    assert torch.equal(model[1].weight == 0, get_mask(model[1]) == 0)
+    model(torch.randn(3, 8)).sum().backward()
+    with pytest.raises(ValueError, match="other parametrizations"):
+        remove_masks(model)
+
+
 def test_char_transformer_lm_tie_is_masked_once():
     lm = CharTransformerLM(vocab_size=12, d_model=8, n_heads=2, n_layers=1, max_len=6)
     result = mask_layers(lm, 0.5, embeddings=True)
@@ -683,14 +767,168 @@ def test_assigning_a_masked_weight_sets_the_stored_original():
         layer.weight = torch.randn(3, 3)
 
 
-def test_in_place_init_of_a_masked_weight_reaches_only_a_temporary():
+# --- in-place writes into the computed weight: an error that names the original -----------
+
+IN_PLACE_WRITES = {
+    "nn.init.zeros_": lambda layer: nn.init.zeros_(layer.weight),
+    "nn.init.kaiming_uniform_": lambda layer: nn.init.kaiming_uniform_(layer.weight),
+    "nn.init.trunc_normal_": lambda layer: nn.init.trunc_normal_(layer.weight),
+    "nn.init.orthogonal_": lambda layer: nn.init.orthogonal_(layer.weight),
+    "reset_parameters": lambda layer: layer.reset_parameters(),
+    "copy_": lambda layer: layer.weight.copy_(torch.zeros(4, 6)),
+    "mul_": lambda layer: layer.weight.mul_(2),
+    "item assignment": lambda layer: layer.weight.__setitem__((0, 0), 1.0),
+    ".data.zero_()": lambda layer: layer.weight.data.zero_(),
+    ".data = ...": lambda layer: setattr(layer.weight, "data", torch.zeros(4, 6)),
+    ".detach().fill_()": lambda layer: layer.weight.detach().fill_(1.0),
+    "a view: w.t().zero_()": lambda layer: layer.weight.t().zero_(),
+    "a row: w[0].fill_()": lambda layer: layer.weight[0].fill_(1.0),
+    "out=": lambda layer: torch.add(torch.ones(4, 6), 1, out=layer.weight),
+    "inplace=True": lambda layer: F.relu(layer.weight, inplace=True),
+    "+=": lambda layer: layer.weight.__iadd__(1.0),
+}
+
+
+@pytest.mark.parametrize("grad_mode", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("write", IN_PLACE_WRITES.values(), ids=IN_PLACE_WRITES.keys())
+def test_an_in_place_write_into_a_masked_weight_raises_and_names_the_original(
+        left_alone, write, grad_mode):
+    """It used to change a temporary (original * mask) and leave the layer as it was."""
     layer = _masked_linear()
-    before = layer.parametrizations.weight.original.detach().clone()
-    with torch.no_grad():
-        nn.init.zeros_(layer.weight)                 # a temporary: original * mask
-    assert torch.equal(layer.parametrizations.weight.original, before)
-    nn.init.zeros_(layer.parametrizations.weight.original)   # the right target
+    with left_alone(layer), torch.set_grad_enabled(grad_mode), pytest.raises(
+            RuntimeError, match=r"layer\.weight of this masked Linear is computed .*"
+                                r"temporary copy.*parametrizations\.weight\.original"):
+        write(layer)
+
+
+def test_the_in_place_message_says_what_to_do_instead():
+    layer = _masked_linear()
+    with pytest.raises(RuntimeError) as caught:
+        layer.reset_parameters()
+    message = str(caught.value)
+    assert "kaiming_uniform_" in message
+    assert "with torch.no_grad(): nn.init.normal_(layer.parametrizations.weight.original)" in message
+    assert "assign layer.weight = new_values" in message
+    with torch.no_grad():                           # the way the message points to
+        nn.init.zeros_(layer.parametrizations.weight.original)
     assert (layer.weight == 0).all()
+
+
+def test_in_place_writes_into_other_parametrized_tensors_are_refused_too():
+    from maskutils.learnable import apply_learnable_mask
+
+    lstm = nn.LSTM(4, 8)
+    mask_layers(lstm, 0.5)
+    with pytest.raises(RuntimeError, match=r"parametrizations\.weight_hh_l0\.original"):
+        nn.init.orthogonal_(lstm.weight_hh_l0)
+    gated = apply_learnable_mask(nn.Linear(4, 3))
+    with pytest.raises(RuntimeError, match=r"original \* gate.*parametrizations\.weight\.original"):
+        nn.init.zeros_(gated.weight)
+
+
+def test_the_computed_weight_reads_like_a_plain_tensor():
+    layer = _masked_linear()
+    weight = layer.weight
+    expected = layer.parametrizations.weight.original.detach() * get_mask(layer)
+    for value in (weight * 2, weight.abs(), weight.sum(), weight @ torch.ones(6), weight.clone()):
+        assert type(value) is torch.Tensor
+    assert torch.equal(weight.detach(), expected) and torch.equal(weight.clone(), expected)
+    assert repr(weight).startswith("tensor([[")
+    torch.testing.assert_close(weight, expected)
+    torch.testing.assert_close(weight, nn.Parameter(expected))   # a Parameter compares too
+    with torch.no_grad():
+        copied = copy.deepcopy(layer.weight)
+    assert type(copied) is torch.Tensor and torch.equal(copied, expected)
+    buffer = io.BytesIO()
+    torch.save(weight.detach(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert type(loaded) is torch.Tensor and torch.equal(loaded, expected)
+    with torch.no_grad():                            # reading into another tensor is fine
+        target = torch.empty(4, 6)
+        target.copy_(layer.weight)
+    assert torch.equal(target, expected)
+
+
+def test_a_forward_pass_reads_a_plain_tensor():
+    """No guard on the hot path: forwards (and fused kernels that refuse tensor subclasses)
+    get the plain tensor."""
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = _masked_linear()
+
+        def forward(self, x):
+            seen.append(type(self.layer.weight))
+            return self.layer(x)
+
+    Probe()(torch.randn(2, 6)).sum().backward()
+    assert seen == [torch.Tensor]
+
+
+# --- a masked entry reads exactly 0, whatever its original holds ---------------------------
+
+def _with_non_finite_originals(layer):
+    mask = get_mask(layer)
+    with torch.no_grad():
+        original = layer.parametrizations.weight.original
+        masked = (mask == 0).nonzero()
+        kept = (mask == 1).nonzero()
+        original[tuple(masked[0])] = float("inf")
+        original[tuple(masked[1])] = float("-inf")
+        original[tuple(masked[2])] = float("nan")
+        original[tuple(kept[0])] = float("inf")      # a kept inf stays inf
+    return tuple(kept[0])
+
+
+def test_a_masked_entry_reads_exactly_zero_whatever_its_original():
+    layer = _masked_linear()
+    kept_inf = _with_non_finite_originals(layer)
+    mask = get_mask(layer)
+    weight = layer.weight.detach()
+    assert (weight[mask == 0] == 0).all()            # inf * 0 would be nan
+    assert weight[kept_inf] == float("inf")
+    finite = torch.isfinite(layer.parametrizations.weight.original.detach())
+    assert torch.equal(weight[finite], (layer.parametrizations.weight.original.detach()
+                                        * mask)[finite])
+    with torch.no_grad():
+        out = layer(torch.zeros(1, 6))               # 0 * inf = nan only through the kept inf
+    assert torch.isnan(out).sum() == 1
+
+
+def test_a_masked_entry_reads_exactly_zero_in_the_selection_path_too():
+    """Under torch.func transforms (and on GPUs, and compiled) the selection runs directly."""
+    layer = _masked_linear()
+    _with_non_finite_originals(layer)
+    mask = get_mask(layer)
+    selected = torch.func.vmap(lambda m: layer.weight * m)(torch.ones(2, 1, 1))
+    assert (selected[:, mask == 0] == 0).all()
+
+
+def test_gradients_are_exactly_zero_at_masked_entries_and_unchanged_at_kept_ones():
+    torch.manual_seed(0)
+    layer = _masked_linear()
+    mask = get_mask(layer)
+    dense = nn.Linear(6, 4)
+    with torch.no_grad():
+        dense.weight.copy_(layer.parametrizations.weight.original * mask)
+        dense.bias.copy_(layer.bias)
+    x = torch.randn(5, 6)
+    layer(x).square().sum().backward()
+    dense(x).square().sum().backward()
+    grad = layer.parametrizations.weight.original.grad
+    assert (grad[mask == 0] == 0).all()
+    assert torch.equal(grad[mask == 1], dense.weight.grad[mask == 1])
+    _with_non_finite_originals(layer)                # an inf under the mask: still zero there
+    layer.parametrizations.weight.original.grad = None
+    x = torch.randn(5, 6)
+    layer.bias.grad = None
+    out = layer(x)
+    finite_rows = torch.isfinite(out).all(dim=0)
+    out[:, finite_rows].sum().backward()
+    assert (layer.parametrizations.weight.original.grad[mask == 0] == 0).all()
 
 
 # --- the eval fast path, checkpoints --------------------------------------------------------
