@@ -55,8 +55,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .apply import (MASKABLE, Mask, _check_module, _check_name, apply_mask,
-                    own_parametrized_class)
+from .apply import (MASKABLE, Mask, _check_module, _check_name, _guard_computed,
+                    _unregister_last, apply_mask, own_parametrized_class)
 
 __all__ = [
     "GATES", "STRUCTURES", "LearnableGate", "apply_learnable_mask", "learnable_mask_layers", "gate_values",
@@ -129,7 +129,10 @@ class LearnableGate(nn.Module):
         return self.values().sum()
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return original * self.sample()
+        # a product, not a selection: a closed gate still passes the weight's value to the
+        # logit's gradient (d weight / d gate = original), which is how a gate reopens
+        what = getattr(self, "_what", ("weight", "original * gate", "layer with a learnable mask"))
+        return _guard_computed(original * self.sample(), what)
 
 
 def _gates_of(module: nn.Module, name: str) -> list[LearnableGate]:
@@ -206,19 +209,36 @@ def apply_learnable_mask(module: nn.Module, name: str = "weight", gate: str = "s
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be 'weight' (one gate per weight) or 'unit' (one "
                          f"gate per output row), got {structure!r}")
+    _check_gatable(module, name, current, structure)
+    _register_gate(module, name, current, gate, init_logit, structure)
+    return module
+
+
+def _check_gatable(module: nn.Module, name: str, current: torch.Tensor, structure: str) -> None:
+    """Refuse what ``apply_learnable_mask`` cannot gate, before anything changes."""
+    kind = type(module).__name__
+    if current.device.type == "meta":
+        raise ValueError(
+            f"{kind}.{name} is on the meta device, so it has no values yet; gates made there "
+            "would be lost when the model is materialized (to_empty). Load the weights "
+            "first, then add learnable masks")
     if not current.is_floating_point():
-        raise TypeError(f"{type(module).__name__}.{name} has dtype {current.dtype}; "
+        raise TypeError(f"{kind}.{name} has dtype {current.dtype}; "
                         "a learnable mask needs a floating-point parameter")
     if structure == "unit" and current.dim() < 1:
-        raise ValueError(f"{type(module).__name__}.{name} is a scalar; unit gates need rows")
+        raise ValueError(f"{kind}.{name} is a scalar; unit gates need rows")
     if _gates_of(module, name):
         raise ValueError(
-            f"{type(module).__name__}.{name} already has a learnable mask; "
+            f"{kind}.{name} already has a learnable mask; "
             "binarize(model) or torch.nn.utils.parametrize.remove_parametrizations it first"
         )
-    parametrize.register_parametrization(
-        module, name, LearnableGate(current, gate, init_logit, structure))
-    return module
+
+
+def _register_gate(module, name, current, gate, init_logit, structure) -> None:
+    owner = parametrize.type_before_parametrizations(module).__name__
+    learnable = LearnableGate(current, gate, init_logit, structure)
+    learnable._what = (name, "original * gate", f"{owner} with a learnable mask")
+    parametrize.register_parametrization(module, name, learnable)
 
 
 def learnable_mask_layers(model: nn.Module, gate: str = "sigmoid",
@@ -240,8 +260,26 @@ def learnable_mask_layers(model: nn.Module, gate: str = "sigmoid",
     taken = [n for n, m in layers.items() if _gates_of(m, "weight")]
     if taken:
         raise ValueError(f"layers {taken} already have a learnable mask; binarize(model) first")
-    for layer in layers.values():
-        apply_learnable_mask(layer, "weight", gate=gate, init_logit=init_logit)
+    weights = {}
+    for layer_name, layer in layers.items():  # check every layer before gating any
+        try:
+            weights[layer_name] = _check_name(layer, "weight")
+            _check_gatable(layer, "weight", weights[layer_name], "weight")
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"learnable_mask_layers: nothing changed; layer {layer_name!r}: "
+                            f"{err}") from None
+    done = []
+    try:
+        for layer_name, layer in layers.items():
+            order = list(layer._parameters)
+            _register_gate(layer, "weight", weights[layer_name], gate, init_logit, "weight")
+            done.append((layer, order))
+    except Exception:
+        for layer, order in reversed(done):  # all or nothing: undo exactly
+            _unregister_last(layer, "weight")
+            layer._parameters = {k: layer._parameters[k] for k in order
+                                 if k in layer._parameters} | layer._parameters
+        raise
     return list(layers)
 
 

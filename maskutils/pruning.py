@@ -35,8 +35,8 @@ import numbers
 import torch
 from torch import nn
 
-from .apply import apply_mask, get_mask
-from .train import fit
+from .apply import _unregister_last, apply_mask, get_mask
+from .train import check_loader, fit
 
 #: The layers whose ``weight`` gradual_magnitude_prune masks (biases are never masked).
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -148,8 +148,11 @@ def gradual_magnitude_prune(model: nn.Module, train_loader, sparsity: float, epo
       ``Adam(model.parameters(), lr)``. Masks already on the model are kept (they count
       towards ``sparsity``).
 
-    Bad input raises ``ValueError``/``TypeError`` before anything changes. Example: the
-    module docstring of ``maskutils.pruning``.
+    Bad input raises ``ValueError``/``TypeError`` before anything changes. A loader that fails
+    on its first batch (inputs of the wrong width, say) leaves the model as it was too: the
+    masks added for the first step are taken off again. An error after the first optimizer
+    step leaves the model as trained until then. Example: the module docstring of
+    ``maskutils.pruning``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -189,13 +192,50 @@ def gradual_magnitude_prune(model: nn.Module, train_loader, sparsity: float, epo
                 raise ValueError(f"a {type(layer).__name__} is already masked beyond "
                                  f"sparsity={sparsity}")
 
+    check_loader(train_loader)
+
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    undo = _undoable(model, layers)
     _prune_to(layers, cubic_sparsity(0, prune_epochs, sparsity), scope)
 
     def step(epoch: int, _model: nn.Module) -> None:
         if epoch <= prune_epochs:
             _prune_to(layers, cubic_sparsity(epoch, prune_epochs, sparsity), scope)
 
-    fit(model, train_loader, epochs, optimizer=optimizer, on_epoch=step, progress=progress)
+    trained = False
+
+    def mark_trained(_step: int, _model: nn.Module) -> None:
+        nonlocal trained
+        trained = True
+
+    try:
+        fit(model, train_loader, epochs, optimizer=optimizer, on_epoch=step, on_step=mark_trained,
+            progress=progress)
+    except Exception:
+        if not trained:  # failed before the first optimizer step (a batch of the wrong width)
+            undo()
+        raise
     return model
+
+
+def _undoable(model: nn.Module, layers: list[nn.Module]):
+    """Returns a function that puts ``model`` back as it is now: the masks added or changed
+    since, the buffers (BatchNorm statistics, mask values) and every module's train/eval mode.
+    For a failure before any weight was trained: nothing else has changed."""
+    unmasked = [(layer, list(layer._parameters)) for layer in layers if get_mask(layer) is None]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
+
+    def undo() -> None:
+        for layer, order in unmasked:
+            if get_mask(layer) is not None:
+                _unregister_last(layer, "weight")
+                layer._parameters = {k: layer._parameters[k] for k in order
+                                     if k in layer._parameters} | layer._parameters
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for module, training in modes:
+            module.training = training
+    return undo

@@ -11,6 +11,7 @@ True
 """
 from __future__ import annotations
 
+import collections.abc
 import numbers
 from typing import Callable
 
@@ -58,6 +59,29 @@ def _vanishing_notebook_bar(widget_tqdm):
                 self._handle = None
 
     return VanishingBar
+
+
+def check_loader(loader, what: str = "train_loader"):
+    """Return ``loader`` after checking it is an iterable of ``(inputs, targets)`` batches.
+
+    Nothing is drawn from it (drawing would advance a shuffling loader's random generator):
+    ``None`` and non-iterables are refused, and so is a loader with a length of 0.
+
+    >>> check_loader(None)
+    Traceback (most recent call last):
+    ...
+    TypeError: train_loader must be an iterable of (inputs, targets) batches, such as a ...
+    """
+    if loader is None or not isinstance(loader, collections.abc.Iterable) or isinstance(
+            loader, (str, bytes, torch.Tensor)):
+        raise TypeError(
+            f"{what} must be an iterable of (inputs, targets) batches, such as a "
+            f"torch.utils.data.DataLoader or maskutils.digits_loaders()[0], got "
+            f"{type(loader).__name__}")
+    if isinstance(loader, collections.abc.Sized) and len(loader) == 0:
+        raise ValueError(f"{what} is empty (length 0): it yields no batches to train on; check "
+                         f"the data set and the batch size (drop_last=True drops a short batch)")
+    return loader
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -130,6 +154,16 @@ def fit(
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    check_loader(train_loader)
+    for name, other in (("val_loader", val_loader), ("test_loader", test_loader)):
+        if other is not None:
+            check_loader(other, name)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None (Adam), got "
+                        f"{type(optimizer).__name__}")
+    for name, function in (("penalty", penalty), ("on_step", on_step), ("on_epoch", on_epoch)):
+        if function is not None and not callable(function):
+            raise TypeError(f"{name} must be a function or None, got {type(function).__name__}")
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     device = _model_device(model)
