@@ -612,7 +612,10 @@ def remove_mask(module: nn.Module, name: str = "weight", bake: bool = True, *,
     parameter, and baking is refused if some place would see its values change (a place that
     reads the parameter unmasked). A mask shared by tied places can be baked in one place
     without ``model`` (the others keep reading the same values), but ``bake=False`` needs
-    ``model=`` so that no place is left reading different values from the others.
+    ``model=`` so that no place is left reading different values from the others. Without
+    ``model=``, ``remove_mask`` cannot see a place that reads the tensor unmasked (a head
+    masked alone, tied to its input embedding): pass ``model=`` or use ``remove_masks(model)``,
+    which both refuse to bake into such a place.
 
     >>> layer = apply_mask(nn.Linear(2, 1), torch.tensor([[1.0, 0.0]]))
     >>> remove_mask(layer).weight[0, 1].item() == 0
@@ -702,7 +705,11 @@ def remove_masks(model: nn.Module, bake: bool = True) -> list[str]:
 
     ``bake=True`` leaves plain parameters holding the masked values, the state that
     ``save_pretrained``, ``torch.save(model.state_dict())`` into the unmasked architecture and
-    tied-weight helpers such as ``tie_weights()`` expect.
+    tied-weight helpers such as ``tie_weights()`` expect. Baking writes into the stored tensor,
+    so a tied tensor is baked only when every place that reads it would read the same values
+    afterwards (a tie masked once with ``mask_layers`` or ``apply_mask(..., model=model)``);
+    when a place reads it unmasked (an output head masked alone, tied to the input embedding),
+    ``remove_masks`` raises an error naming both places and removes nothing.
 
     >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> _ = mask_layers(model, 0.5)
@@ -987,17 +994,26 @@ def mask_layers(model: nn.Module, sparsity: float, how: str = "magnitude",
     Conv*d, ConvTranspose*d, Bilinear, ``nn.MultiheadAttention`` (``in_proj_weight`` or
     ``q/k/v_proj_weight``, and ``out_proj``), RNN/LSTM/GRU (``weight_ih_l*``, ``weight_hh_l*``)
     and any other module (``transformers``' ``Conv1D``). Biases and norms (1-D) are never
-    masked. Embeddings are masked only with ``embeddings=True``; by default (``None``) they are
-    left out with a warning, ``embeddings=False`` leaves them out quietly. ``include`` and
-    ``exclude`` (parameter-name patterns such as ``"*.attn.*"``, a list of them, or a function
-    ``(name, module) -> bool``) choose among the rest.
+    masked. Embeddings are masked only with ``embeddings=True``: embedding tables
+    (``nn.Embedding``) and the class tokens and position embeddings that vision transformers
+    keep as plain parameters (``cls_token``, ``position_embeddings``, ``pos_embedding``). By
+    default (``None``) they are left out with a warning, ``embeddings=False`` leaves them out
+    quietly. ``include`` and ``exclude`` (parameter-name patterns such as ``"*.attn.*"``, a list
+    of them, or a function ``(name, module) -> bool``) choose among the rest.
 
-    ``how`` is ``"magnitude"`` (remove the smallest) or ``"random"``. Masks stack on any mask
-    already there. A tied parameter (shared by several modules) is masked once, with one mask
-    every place reads. Everything is checked before anything changes: on an error the model is
-    exactly as it was. Returns a ``MaskedLayers`` dict ``{parameter name: new mask}`` whose
-    ``left_out`` and ``tied`` say what was not masked (and why) and what is shared; printing it
-    gives the list.
+    ``sparsity`` is in [0, 1): 1 would remove every weight. ``how`` is ``"magnitude"`` (remove
+    the smallest) or ``"random"``. Masks stack on any mask already there, and on other
+    parametrizations (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``: the
+    mask applies to the weight they compute). A weight that a forward pre-hook recomputes
+    (``torch.nn.utils.prune``, the old hook-based ``weight_norm`` and ``spectral_norm``) is
+    refused with an error saying how to convert it, since masking its stored tensor underneath
+    would miss the sparsity; ``exclude`` it to mask the rest. A tied parameter (shared by several
+    modules) is masked once, with one mask every place reads. Everything is checked before
+    anything changes: on an error the model is exactly as it was. Returns a ``MaskedLayers``
+    dict ``{parameter name: new mask}`` whose ``left_out`` names every weight with at least two
+    dimensions that was not masked, with the reason (buffers included: a frozen weight kept as
+    a buffer is never masked), and whose ``tied`` says what is shared; printing it gives the
+    list.
 
     >>> model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> sorted(mask_layers(model, 0.5))

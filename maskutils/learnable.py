@@ -23,6 +23,11 @@ unit. Closed unit gates are whole zero rows, which ``maskutils.shrink`` cuts out
 The logits and the weights belong in two optimizer groups (``mask_parameters`` and
 ``weight_parameters``): the logits usually need a much larger learning rate.
 
+As with ``apply_mask``, ``layer.weight`` read outside a forward pass is a computed tensor
+that refuses in-place writes (``nn.init.*``, ``reset_parameters()``): write into
+``layer.parametrizations.weight.original`` instead. The gate is a product: a closed gate
+(exactly 0) still passes the weight's value to its logit's gradient, which is how it reopens.
+
 The logits are saved in ``state_dict`` (``<layer>.parametrizations.weight.0.logits``, next to
 ``...weight.original``), so a state dict loads into a model given learnable masks the same
 way; ``copy.deepcopy`` and ``.to()`` work as for any module. ``gate_values`` and
