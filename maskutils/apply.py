@@ -512,6 +512,15 @@ def _tied_places(module: nn.Module, name: str, model: nn.Module | None, function
     if model is None:
         return [(module, name)], []
     _check_module(model)
+    if parametrize.is_parametrized(module, name) and not hasattr(
+            module.parametrizations[name], "original"):  # several stored tensors: never tied
+        found = [_full(n, name) for n, m in _walk(model) if m is module]
+        if not found:
+            raise ValueError(
+                f"{function}: model= does not contain this {type(module).__name__}; pass the "
+                "model that the module belongs to (or leave model out)"
+            )
+        return [(module, name)], found[:1]
     stored = _stored(module, name)
     places = _places(model).get(id(stored))
     if not places or not any(m is module and n == name for _, m, n in places):

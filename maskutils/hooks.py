@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
 from torch import nn
@@ -199,11 +200,18 @@ def project_after_step(optimizer: torch.optim.Optimizer, masks: dict) -> MaskHan
 
 
 def _weight_parameter(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
-    """The trainable tensor behind ``module.<name>``: the original when parametrized."""
+    """The trainable tensor behind ``module.<name>``: the original when parametrized; None when
+    there is none, or several (``torch.nn.utils.parametrizations.weight_norm``)."""
     if parametrize.is_parametrized(module, name):
-        return getattr(module.parametrizations, name).original
+        return getattr(getattr(module.parametrizations, name), "original", None)
     param = module._parameters.get(name)
     return param
+
+
+def _computed_from_several(module: nn.Module, name: str = "weight") -> bool:
+    """Is ``module.<name>`` computed from several stored tensors (``weight_norm``: g and v)?"""
+    return parametrize.is_parametrized(module, name) and not hasattr(
+        getattr(module.parametrizations, name), "original")
 
 
 def _is_step(value) -> bool:
@@ -238,8 +246,14 @@ class GradientRecorder:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         modules = dict(model.named_modules())
         with_weight = [n for n, m in modules.items() if _weight_parameter(m) is not None]
+        several = [n for n, m in modules.items() if _computed_from_several(m)]
         if layers is None:
             layers = [n for n in with_weight if _weight_parameter(modules[n]).dim() >= 2]
+            if several:
+                warnings.warn(
+                    f"GradientRecorder leaves out {several}: their weight is computed from "
+                    "several stored tensors (weight_norm's g and v), so there is no single "
+                    "weight gradient to record", stacklevel=2)
             if not layers:
                 raise ValueError(f"{type(model).__name__} has no Linear or Conv-like layer "
                                  "(a weight with two or more dimensions) to record")
@@ -250,6 +264,11 @@ class GradientRecorder:
             if not layers:
                 raise ValueError("layers is empty; leave it out to record every layer")
             for n in layers:
+                if n in several:
+                    raise ValueError(
+                        f"layers: the weight of {n!r} is computed from several stored tensors "
+                        "(weight_norm's g and v), so there is no single weight gradient to "
+                        f"record; choose from {with_weight}")
                 if n not in with_weight:
                     raise ValueError(f"layers: {n!r} is not a layer with a weight; choose from {with_weight}")
         if snapshot_layer is not None and snapshot_layer not in with_weight:

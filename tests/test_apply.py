@@ -723,6 +723,8 @@ def test_mask_layers_masks_on_top_of_weight_norm_and_spectral_norm(wrap):
     model(torch.randn(3, 8)).sum().backward()
     with pytest.raises(ValueError, match="other parametrizations"):
         remove_masks(model)
+    apply_mask(model[1], torch.zeros(8, 8), model=model)     # model= finds it too: no tie
+    assert (model[1].weight == 0).all()
 
 
 def test_char_transformer_lm_tie_is_masked_once():

@@ -505,3 +505,16 @@ def test_projection_with_masked_gradients_matches_a_forward_mask_even_when_clipp
         alone, _ = _clipped_training({"projection"}, max_norm)
         for a, b in zip(alone, reference):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_gradient_recorder_names_a_weight_norm_layer_it_cannot_record(left_alone):
+    """weight_norm computes the weight from g and v: no single gradient (it used to crash
+    with an AttributeError)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), torch.nn.utils.parametrizations.weight_norm(
+        nn.Linear(4, 2)))
+    with pytest.warns(UserWarning, match=r"leaves out \['1'\].*weight_norm's g and v"):
+        recorder = GradientRecorder(model)
+    assert recorder.layers == ["0"]
+    with left_alone(model), pytest.raises(ValueError, match=r"'1' is computed from several"):
+        GradientRecorder(model, layers=["1"])
