@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
-from .train import evaluate, evaluate_loss, fit
+from .train import check_loader, evaluate, evaluate_loss, fit
 
 
 def learnable_parametrizations(model: nn.Module) -> list[str]:
@@ -166,8 +166,10 @@ def fit_swa(model: nn.Module, train_loader, epochs: int, swa_start: int, swa_lr:
     swa_lr = _positive_real(swa_lr, "swa_lr")
     if on_epoch is not None and not callable(on_epoch):
         raise TypeError(f"on_epoch must be a function (epoch, model) -> None, got {on_epoch!r}")
-    if train_loader is None:
-        raise ValueError("train_loader is None; pass the loader of training batches")
+    check_loader(train_loader)
+    for name, other in (("val_loader", val_loader), ("test_loader", test_loader)):
+        if other is not None:
+            check_loader(other, name)
     if optimizer is None:
         lr = _positive_real(lr, "lr")
     elif not isinstance(optimizer, torch.optim.Optimizer):

@@ -226,8 +226,12 @@ def test_non_module_and_wrong_types_are_refused(left_alone):
         fit_swa(model, tiny_data(), 3, 1, 0.1, optimizer="sgd", progress=False)
     with left_alone(model), pytest.raises(TypeError, match="on_epoch must be"):
         fit_swa(model, tiny_data(), 3, 1, 0.1, on_epoch=1, progress=False)
-    with left_alone(model), pytest.raises(ValueError, match="train_loader is None"):
+    with left_alone(model), pytest.raises(TypeError, match="train_loader must be an iterable"):
         fit_swa(model, None, 3, 1, 0.1, progress=False)
+    with left_alone(model), pytest.raises(ValueError, match="train_loader is empty"):
+        fit_swa(model, [], 3, 1, 0.1, progress=False)
+    with left_alone(model), pytest.raises(TypeError, match="test_loader must be an iterable"):
+        fit_swa(model, tiny_data(), 3, 1, 0.1, test_loader=0, progress=False)
 
 
 def test_an_optimizer_of_another_model_is_refused(left_alone):
