@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 import fnmatch
+import math
 import sys
 import warnings
 
@@ -209,9 +210,9 @@ def _masked(original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     tensor([0., 0., 2.])
     """
     out = original * mask
-    if (original.device.type == "cpu" and not torch.compiler.is_compiling()
+    if (original.is_cpu and not out.is_complex() and not torch.compiler.is_compiling()
             and not torch._C._are_functorch_transforms_active()
-            and not torch.isnan(out.detach().sum())):
+            and not math.isnan(out.detach().sum().item())):
         return out
     return torch.where(mask != 0, out, 0)
 
