@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .apply import _check_module, _check_name, apply_mask, check_mask
+from .apply import _check_module, _check_name, _computed_by_hooks, apply_mask, check_mask
 from .models import DigitsMLP
 from .storage import plain_copy
 
@@ -391,6 +391,17 @@ def _output(out) -> torch.Tensor:
                     "pass a model that returns a tensor, a tuple/dict of tensors or .logits")
 
 
+def _check_traceable(model: nn.Module, fn: str) -> None:
+    """Refuse tensors that a forward pre-hook recomputes (``torch.nn.utils.prune``, the old
+    ``weight_norm``): the model cannot be copied and traced as it is."""
+    _check_module(model)
+    for name, module in model.named_modules():
+        for tensor, (tool, stored, fix) in _computed_by_hooks(module).items():
+            where = f"{name}.{tensor}" if name else tensor
+            raise ValueError(f"{fn}: {where} is computed by {tool} from {', '.join(stored)} "
+                             f"before every forward; {fix}")
+
+
 def _check_inputs(example_inputs) -> None:
     tensors = (list(example_inputs.values()) if isinstance(example_inputs, dict)
                else list(example_inputs) if isinstance(example_inputs, (tuple, list))
@@ -691,7 +702,7 @@ def unit_groups(model: nn.Module, example_inputs) -> dict[str, UnitGroup]:
     ['blocks.0.conv1.weight[c]', 'blocks.0.bn1.weight[c]', 'blocks.0.bn1.bias[c]', \
 'blocks.0.conv2.weight[:, c]']
     """
-    _check_module(model)
+    _check_traceable(model, "unit_groups")
     _check_inputs(example_inputs)
     plain = plain_copy(model)
     _run(plain, example_inputs, "unit_groups")
@@ -708,7 +719,7 @@ def count_macs(model: nn.Module, example_inputs) -> int:
     >>> count_macs(nn.Linear(8, 4), torch.zeros(3, 8))   # 8 x 4 products, 4 biases
     36
     """
-    _check_module(model)
+    _check_traceable(model, "count_macs")
     _check_inputs(example_inputs)
     tp = _torch_pruning()
 
@@ -831,6 +842,7 @@ def _check_scores(scores, names: list[str]) -> None:
 
 
 def _prune_units_traced(model, sparsity, scores, example_inputs, head_sparsity):
+    _check_traceable(model, "prune_units")
     _check_inputs(example_inputs)
     _check_heads_request(model, head_sparsity)
     plain = plain_copy(model)
@@ -934,6 +946,7 @@ def _update_config(plain: nn.Module, widths: list[tuple[str, int, int, UnitGroup
 
 
 def _shrink_traced(model: nn.Module, example_inputs) -> nn.Module:
+    _check_traceable(model, "shrink")
     _check_inputs(example_inputs)
     plain = plain_copy(model)
     expected = _run(plain, example_inputs, "shrink")
