@@ -26,6 +26,11 @@ Command line (``--help`` lists the options)::
     python -m maskutils.bench                      # 3 x Linear(1024), batch 32 and 256
     python -m maskutils.bench --batch-sizes 64 --json
     python -m maskutils.bench --inference          # dense / masked / CSR / shrunk
+    python -m maskutils.bench --structured         # chapter 10: dense vs shrunk
+
+``python -m maskutils.bench --structured`` times chapter 10's models, dense and with half of
+the units of every dependency group cut out (``run_structured_benchmark``): a residual CNN,
+a LLaMA built from a config and the character transformer, with parameters and MACs.
 """
 from __future__ import annotations
 
@@ -639,6 +644,182 @@ def format_inference_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- the structured benchmark
+STRUCTURED_MODELS = ("resnet", "llama", "char")
+"""The models of ``run_structured_benchmark`` (chapter 10's), in table order."""
+
+
+def _structured_cases(names, channels: int, llama_width: int, seq_len: int, seed: int,
+                      device) -> dict:
+    """``{name: (description, dense model, example batch builder)}``; the builder takes a
+    batch size and returns what the model takes."""
+    from .data import char_corpus
+    from .models import CharTransformerLM, DigitsResNet
+
+    generator = torch.Generator().manual_seed(seed)
+    cases = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in names:
+            if name == "resnet":
+                model = DigitsResNet(channels=channels)
+                describe = (f"residual CNN (DigitsResNet, {channels} channels, 2 blocks), "
+                            "half of every group's channels removed")
+                make = (lambda b: torch.randn(b, 64, generator=generator))
+            elif name == "char":
+                vocab = len(char_corpus()[1])
+                model = CharTransformerLM(vocab, d_model=64, n_heads=4, n_layers=2,
+                                          max_len=seq_len)
+                describe = (f"character transformer (CharTransformerLM, d_model 64, 2 layers,"
+                            f" {seq_len} characters), half of the FFN neurons removed")
+                make = (lambda b, v=vocab: torch.randint(0, v, (b, seq_len),
+                                                         generator=generator))
+            else:
+                try:
+                    import transformers
+                except ImportError:
+                    continue  # no transformers here: the LLaMA row is left out
+                config = transformers.LlamaConfig(
+                    vocab_size=256, hidden_size=llama_width, intermediate_size=4 * llama_width,
+                    num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                    max_position_embeddings=max(seq_len, 16))
+                model = transformers.LlamaForCausalLM(config)
+                describe = (f"LLaMA from a config (hidden {llama_width}, FFN "
+                            f"{4 * llama_width}, 4 layers, 8 query / 4 key-value heads, "
+                            f"{seq_len} tokens), half of the FFN neurons removed")
+                make = (lambda b: {"input_ids": torch.randint(0, 256, (b, seq_len),
+                                                              generator=generator),
+                                   "use_cache": False})
+            cases[name] = (describe, model.to(device).eval(), make)
+    return cases
+
+
+def _to(inputs, device):
+    if isinstance(inputs, dict):
+        return {k: _to(v, device) for k, v in inputs.items()}
+    return inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
+
+
+def _forward(model: nn.Module, inputs) -> None:
+    with torch.inference_mode():
+        model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def run_structured_benchmark(batch_sizes=(1, 64), models=STRUCTURED_MODELS,
+                             channels: int = 64, llama_width: int = 128, seq_len: int = 32,
+                             sparsity: float = 0.5, rounds: int = 20,
+                             threads: int | None = 1, device=None, seed: int = 0) -> dict:
+    """Dense vs shrunk for chapter 10's models: parameters, MACs and time per forward.
+
+    Each model (``models``, a selection of ``STRUCTURED_MODELS``) is built with random
+    weights; a copy gets ``sparsity`` of the units of every dependency group masked by group
+    norm (``prune_units(..., example_inputs=...)``: the residual CNN's channels, the
+    transformers' FFN neurons) and is cut out by ``shrink``. Both are timed in eval mode under
+    ``torch.inference_mode()`` at every batch size, in interleaved rounds (``time_interleaved``,
+    median over rounds) with ``threads`` threads. MACs are ``count_macs``'s, per example.
+
+    Returns ``{"banner", "config", "rows"}``: one row per model and variant (``dense``,
+    ``shrunk``) with ``description``, ``params``, ``macs``, ``ms`` (``{batch: ms per
+    forward}``) and ``ratio`` (``{"params", "macs", batch: shrunk / dense}``; 1 for dense).
+    The LLaMA row needs ``transformers``; without it that model is left out.
+
+    >>> r = run_structured_benchmark(batch_sizes=(2,), models=("resnet",), channels=8,
+    ...                              rounds=1, device="cpu")
+    >>> [(row["variant"], row["params"] > 0) for row in r["rows"]]
+    [('dense', True), ('shrunk', True)]
+    """
+    from .structured import count_macs, count_parameters, prune_units, shrink
+
+    sizes = _batch_sizes(batch_sizes)
+    if isinstance(models, str):
+        models = (models,)
+    models = tuple(models)
+    unknown = [m for m in models if m not in STRUCTURED_MODELS]
+    if unknown or not models:
+        raise ValueError(f"models must be a non-empty selection of {list(STRUCTURED_MODELS)}, "
+                         f"got {list(models)}")
+    channels = _positive_int(channels, "channels")
+    llama_width = _positive_int(llama_width, "llama_width")
+    if llama_width % 8:
+        raise ValueError(f"llama_width must be a multiple of 8 (its 8 heads), got {llama_width}")
+    seq_len = _positive_int(seq_len, "seq_len")
+    sparsity = check_sparsity(sparsity)
+    if sparsity == 1.0:
+        raise ValueError("sparsity must be below 1 (a group without units computes nothing)")
+    rounds = _positive_int(rounds, "rounds")
+    if threads is not None:
+        threads = _positive_int(threads, "threads")
+    device = _device(device)
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows = []
+        for name, (describe, dense, make) in _structured_cases(
+                [m for m in STRUCTURED_MODELS if m in models], channels, llama_width,
+                seq_len, seed, device).items():
+            example = _to(make(2), device)
+            masked = copy.deepcopy(dense)
+            prune_units(masked, sparsity, example_inputs=example)
+            shrunk = shrink(masked, example_inputs=example).eval()
+            pair = {"dense": dense, "shrunk": shrunk}
+            counts = {v: (count_parameters(m), count_macs(m, example)) for v, m in pair.items()}
+            ms = {v: {} for v in pair}
+            for batch in sizes:
+                x = _to(make(batch), device)
+                calls = {v: (lambda m=m: _forward(m, x)) for v, m in pair.items()}
+                times = time_interleaved(calls, rounds=rounds,
+                                         calls_per_round=max(1, 8 // batch), device=device)
+                for v in pair:
+                    ms[v][batch] = statistics.median(times[v]) * 1e3
+            for v in pair:
+                ratio = {"params": counts[v][0] / counts["dense"][0],
+                         "macs": counts[v][1] / counts["dense"][1]}
+                ratio.update({b: ms[v][b] / ms["dense"][b] for b in sizes})
+                rows.append({"model": name, "variant": v, "description": describe,
+                             "params": counts[v][0], "macs": counts[v][1], "ms": ms[v],
+                             "ratio": ratio})
+        info = banner(device)
+    finally:
+        torch.set_num_threads(old_threads)
+    config = {"batch_sizes": list(sizes), "models": [m for m in STRUCTURED_MODELS
+                                                     if m in models],
+              "channels": channels, "llama_width": llama_width, "seq_len": seq_len,
+              "sparsity": sparsity, "rounds": rounds, "threads": threads,
+              "device": str(device), "seed": seed}
+    return {"banner": info, "config": config, "rows": rows}
+
+
+def format_structured_table(result: dict) -> str:
+    """The result of ``run_structured_benchmark`` as text: per model, dense and shrunk with
+    parameters, MACs and ms per forward at each batch size, each with its ratio to dense."""
+    if not isinstance(result, dict) or "rows" not in result or "config" not in result \
+            or "models" not in result["config"]:
+        raise ValueError("result must be the dict that run_structured_benchmark returns")
+    cfg = result["config"]
+    sizes = cfg["batch_sizes"]
+    lines = [result.get("banner", ""),
+             f"time: median of {cfg['rounds']} interleaved rounds, torch.inference_mode(); "
+             "MACs per example"]
+    head = f"{'variant':<8}{'params':>11}{'x dense':>8}{'MACs':>13}{'x dense':>8}"
+    for b in sizes:
+        head += f"{f'ms @{b}':>10}{'x dense':>8}"
+    for model in cfg["models"]:
+        rows = [r for r in result["rows"] if r["model"] == model]
+        if not rows:
+            continue
+        lines += ["", rows[0]["description"], head, "-" * len(head)]
+        for row in rows:
+            line = (f"{row['variant']:<8}{row['params']:>11,d}{row['ratio']['params']:>8.2f}"
+                    f"{row['macs']:>13,d}{row['ratio']['macs']:>8.2f}")
+            for b in sizes:
+                key = b if b in row["ms"] else str(b)  # JSON turns the keys into strings
+                line += f"{row['ms'][key]:>10.3f}{row['ratio'][key]:>8.2f}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -646,11 +827,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Median training-step time of dense vs. each way of enforcing a mask, "
                     "measured in interleaved rounds in one process; with --inference, "
                     "inference time, bytes on disk and accuracy of the wide digits MLP: "
-                    "dense, masked, CSR and shrunk.")
-    p.add_argument("--inference", action="store_true",
-                   help="time inference (dense / masked / CSR / shrunk) instead of training")
+                    "dense, masked, CSR and shrunk; with --structured, parameters, MACs and "
+                    "inference time of chapter 10's models, dense and shrunk.")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--inference", action="store_true",
+                      help="time inference (dense / masked / CSR / shrunk) instead of training")
+    kind.add_argument("--structured", action="store_true",
+                      help="dense vs shrunk (half of the units of every dependency group "
+                           "removed): the residual CNN, a LLaMA config and the character "
+                           "transformer")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="N",
-                   help="batch sizes to time (default: 32 256; with --inference 1 256)")
+                   help="batch sizes to time (default: 32 256; with --inference 1 256; "
+                        "with --structured 1 64)")
     p.add_argument("--width", type=int, default=1024, help="features of every Linear (1024)")
     p.add_argument("--layers", type=int, default=3, help="number of Linear layers (3)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (20)")
@@ -662,7 +850,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="cpu, cuda, mps (default: maskutils.get_device(): cuda, then mps, then cpu)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of each weight removed (default 0.9; with --inference "
-                        "0.95 of all weights)")
+                        "0.95 of all weights; with --structured 0.5 of the units of every "
+                        "group)")
     p.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024], metavar="N",
                    help="--inference: hidden layer sizes of the digits MLP (1024 1024)")
     p.add_argument("--units-kept", type=float, default=0.25,
@@ -673,6 +862,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="--inference: epochs of pruning / fine-tuning (10)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
                    help=f"subset of {' '.join(VARIANTS)} (dense is always included)")
+    p.add_argument("--models", nargs="+", default=list(STRUCTURED_MODELS), metavar="NAME",
+                   help=f"--structured: subset of {' '.join(STRUCTURED_MODELS)}")
+    p.add_argument("--channels", type=int, default=64,
+                   help="--structured: channels of the residual CNN (64)")
+    p.add_argument("--llama-width", type=int, default=128,
+                   help="--structured: hidden size of the LLaMA config (128; FFN 4x)")
+    p.add_argument("--seq-len", type=int, default=32,
+                   help="--structured: tokens per sequence of the transformers (32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the data (0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
@@ -683,7 +880,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.inference:
+        if args.structured:
+            result = run_structured_benchmark(
+                batch_sizes=args.batch_sizes or [1, 64], models=args.models,
+                channels=args.channels, llama_width=args.llama_width, seq_len=args.seq_len,
+                sparsity=0.5 if args.sparsity is None else args.sparsity,
+                rounds=args.rounds, threads=args.threads, device=args.device,
+                seed=args.seed)
+        elif args.inference:
             result = run_inference_benchmark(
                 batch_sizes=args.batch_sizes or [1, 256], hidden=args.hidden,
                 sparsity=0.95 if args.sparsity is None else args.sparsity,
@@ -702,7 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(format_inference_table(result) if args.inference else format_table(result))
+        print(format_structured_table(result) if args.structured
+              else format_inference_table(result) if args.inference else format_table(result))
     return 0
 
 

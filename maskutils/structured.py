@@ -43,8 +43,10 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
 import numbers
 import sys
 import warnings
@@ -736,7 +738,7 @@ def count_macs(model: nn.Module, example_inputs) -> int:
     if _takes_use_cache(plain):  # a Hugging Face model: no key/value cache
         inputs = dict(inputs) if isinstance(inputs, dict) else {"input_ids": inputs}
         inputs.setdefault("use_cache", False)
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # its notes on batches
         macs, _ = tp.utils.count_ops_and_params(plain, inputs)
     return round(macs)
 

@@ -410,3 +410,67 @@ def test_the_storage_helpers_still_import_from_bench():
     for name in ("FORMATS", "CSRLinear", "csr_model", "plain_state", "storage_bytes",
                  "storage_sizes"):
         assert getattr(bench, name) is getattr(storage, name), name
+
+
+# ---------------------------------------------------------------- --structured
+from maskutils.bench import (STRUCTURED_MODELS, format_structured_table,  # noqa: E402
+                             run_structured_benchmark)
+
+TINY_STRUCTURED = dict(batch_sizes=(1, 3), channels=8, llama_width=16, seq_len=4, rounds=1,
+                       device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_structured():
+    pytest.importorskip("transformers")
+    return run_structured_benchmark(**TINY_STRUCTURED)
+
+
+def test_structured_rows_pair_dense_and_shrunk_for_every_model(tiny_structured):
+    rows = tiny_structured["rows"]
+    assert [(r["model"], r["variant"]) for r in rows] == [
+        (m, v) for m in STRUCTURED_MODELS for v in ("dense", "shrunk")]
+    for dense, shrunk in zip(rows[::2], rows[1::2]):
+        assert dense["ratio"]["params"] == 1.0 and dense["ratio"][3] == 1.0
+        assert shrunk["ratio"]["params"] == pytest.approx(shrunk["params"] / dense["params"])
+        assert shrunk["ratio"][1] == pytest.approx(shrunk["ms"][1] / dense["ms"][1])
+        assert shrunk["params"] < dense["params"] and shrunk["macs"] < dense["macs"]
+
+
+def test_structured_counts_are_the_shrunk_models(tiny_structured):
+    rows = {(r["model"], r["variant"]): r for r in tiny_structured["rows"]}
+    c = 4  # 8 channels, half of every group
+    assert rows["resnet", "shrunk"]["params"] == 11 * c + 2 * (18 * c * c + 4 * c) + 10 * c + 10
+    llama_ffn = 4 * 3 * 16 * 64  # 4 layers of gate, up and down at 16 x 64
+    assert rows["llama", "dense"]["params"] - rows["llama", "shrunk"]["params"] == llama_ffn // 2
+
+
+def test_structured_table_and_json(tiny_structured):
+    table = format_structured_table(tiny_structured)
+    assert "residual CNN" in table and "LLaMA" in table and "ms @3" in table
+    assert "Warning" not in table
+    again = json.loads(json.dumps(tiny_structured))
+    assert format_structured_table(again) == table
+    with pytest.raises(ValueError, match="run_structured_benchmark"):
+        format_structured_table({"rows": [], "config": {}})
+
+
+def test_main_structured_prints_the_table_and_nothing_else(capsys):
+    argv = ["--structured", "--models", "resnet", "--channels", "8", "--batch-sizes", "2",
+            "--rounds", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("device:") and "shrunk" in out
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["sparsity"] == 0.5 and data["config"]["models"] == ["resnet"]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"models": ("vgg",)}, "models"), ({"models": ()}, "models"),
+    ({"sparsity": 1.0}, "sparsity"), ({"channels": 0}, "channels"),
+    ({"llama_width": 20}, "llama_width"), ({"seq_len": 0}, "seq_len"),
+])
+def test_structured_bad_arguments_are_named(kwargs, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        run_structured_benchmark(**{**TINY_STRUCTURED, **kwargs})
