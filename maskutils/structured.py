@@ -606,11 +606,11 @@ def _channel_group(group, dg, names, order, shared) -> UnitGroup:
                      out_slices, root)
 
 
-def _head_groups(model: nn.Module) -> tuple[list[UnitGroup], list[str]]:
+def _head_groups(model: nn.Module) -> tuple[list[UnitGroup], list[tuple[str, str]]]:
     """Attention modules with separate ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and a
     ``head_dim`` (LLaMA, Mistral, Qwen2, ...), one group each whose units are key/value heads
-    with their query heads; and the names of attention modules whose heads maskutils cannot
-    cut (``nn.MultiheadAttention``, GPT-2's packed ``c_attn``, ...), with why."""
+    with their query heads; and ``(name, why)`` of the attention modules whose heads
+    maskutils cannot cut (``nn.MultiheadAttention``, GPT-2's packed ``c_attn``, ...)."""
     groups, refused = [], []
     for name, m in model.named_modules():
         projections = [getattr(m, k, None) for k in ("q_proj", "k_proj", "v_proj", "o_proj")]
@@ -620,8 +620,8 @@ def _head_groups(model: nn.Module) -> tuple[list[UnitGroup], list[str]]:
             n_q, n_kv = q.out_features // head_dim, k.out_features // head_dim
             if (q.out_features % head_dim or k.out_features % head_dim or n_q % n_kv
                     or v.out_features != k.out_features or o.in_features != q.out_features):
-                refused.append(f"{name} ({type(m).__name__}: its projections do not split "
-                               f"into heads of head_dim={head_dim})")
+                refused.append((name, f"its projections do not split into heads of "
+                                      f"head_dim={head_dim}"))
                 continue
             per_q = n_q // n_kv * head_dim  # query rows per key/value head
             slices, members = [], []
@@ -639,10 +639,10 @@ def _head_groups(model: nn.Module) -> tuple[list[UnitGroup], list[str]]:
             groups.append(UnitGroup(name, n_kv, "heads", members, None, slices, None,
                                     {"q_per_kv": n_q // n_kv, "head_dim": head_dim}))
         elif isinstance(m, nn.MultiheadAttention):
-            refused.append(f"{name} (nn.MultiheadAttention packs q, k, v in in_proj_weight "
-                           "and needs them as wide as its input, so a head cannot be cut out)")
+            refused.append((name, "nn.MultiheadAttention packs q, k and v in in_proj_weight "
+                                  "and needs them as wide as its input"))
         elif hasattr(m, "c_attn") and "attention" in type(m).__name__.lower():
-            refused.append(f"{name} ({type(m).__name__} packs q, k, v in one c_attn layer)")
+            refused.append((name, f"{type(m).__name__} packs q, k and v in one c_attn layer"))
     return groups, refused
 
 
@@ -786,8 +786,9 @@ def _check_heads_request(model: nn.Module, head_sparsity: float) -> None:
         return
     groups, refused = _head_groups(model)
     if refused:
+        name, why = refused[0]
         raise ValueError(
-            f"head_sparsity={head_sparsity}: the heads of {refused[0]} cannot be cut out. "
+            f"head_sparsity={head_sparsity}: the heads of {name} cannot be cut out: {why}. "
             "prune_units removes heads of attention modules with separate q_proj, k_proj, "
             "v_proj and o_proj layers and a head_dim (LLaMA, Mistral, Qwen2, ...); leave "
             "head_sparsity at 0 for this model")
