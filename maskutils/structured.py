@@ -55,7 +55,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .apply import _check_module, _check_name, _computed_by_hooks, apply_mask, check_mask
+from .apply import (_check_module, _check_name, _computed_by_hooks, _refuse_if_ddp_wrapped,
+                    apply_mask, check_mask)
 from .models import DigitsMLP
 from .storage import plain_copy
 
@@ -397,6 +398,7 @@ def _check_traceable(model: nn.Module, fn: str) -> None:
     """Refuse tensors that a forward pre-hook recomputes (``torch.nn.utils.prune``, the old
     ``weight_norm``): the model cannot be copied and traced as it is."""
     _check_module(model)
+    _refuse_if_ddp_wrapped(model)
     for name, module in model.named_modules():
         for tensor, (tool, stored, fix) in _computed_by_hooks(module).items():
             where = f"{name}.{tensor}" if name else tensor
@@ -747,7 +749,8 @@ def count_macs(model: nn.Module, example_inputs) -> int:
 def _zero_units(plain: nn.Module, group: UnitGroup, units) -> None:
     with torch.no_grad():
         for mname, pname, dim, idx in group.indices(units):
-            getattr(plain.get_submodule(mname), pname).index_fill_(dim, idx, 0.0)
+            tensor = getattr(plain.get_submodule(mname), pname)
+            tensor.index_fill_(dim, idx.to(tensor.device), 0.0)
 
 
 def _cut_heads(plain: nn.Module, group: UnitGroup, units) -> None:
