@@ -591,9 +591,10 @@ def _channel_group(group, dg, names, order, shared) -> UnitGroup:
                                                   key=lambda kv: order.get(kv[0][0], 0)):
         pairs = torch.unique(torch.stack([unit, idx]), dim=1)
         length = getattr(dict(names_to_modules)[name], pname).shape[dim]
-        if int(pairs[1].max()) >= length:  # a mapping Torch-Pruning got wrong: not a unit
-            reasons.append(f"Torch-Pruning maps these channels past the end of {name}.{pname}")
-            pairs = pairs[:, pairs[1] < length]
+        inside = (pairs[1] >= 0) & (pairs[1] < length)
+        if not bool(inside.all()):  # a mapping Torch-Pruning got wrong: not a unit
+            reasons.append(f"Torch-Pruning maps these channels outside {name}.{pname}")
+            pairs = pairs[:, inside]
         out_slices.append((name, pname, dim, pairs[1], pairs[0]))
         per = pairs.shape[1] // max(size, 1)
         where = ":, " * dim

@@ -321,3 +321,47 @@ def test_a_later_layer_under_torch_prune_leaves_every_layer_alone(traced, left_a
     with left_alone(model), pytest.raises(ValueError, match="torch.nn.utils.prune"):
         prune_units(model, 0.5, **inputs)
     assert not parametrize.is_parametrized(model.layers[0])
+
+
+def qwen2_tied(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        max_position_embeddings=16)
+    return transformers.Qwen2ForCausalLM(config).eval()
+
+
+def opt(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=64,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    word_embed_proj_dim=32, max_position_embeddings=16)
+    return transformers.OPTForCausalLM(config).eval()
+
+
+def gpt_neox(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        max_position_embeddings=16)
+    return transformers.GPTNeoXForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("make, heads, key", [
+    (qwen2_tied, 0.5, "intermediate_size"), (opt, 0.0, "ffn_dim"),
+    (gpt_neox, 0.0, "intermediate_size"),
+], ids=["qwen2-tied", "opt", "gpt-neox"])
+def test_other_causal_lms_shrink_reload_and_keep_their_ties(make, heads, key, tmp_path):
+    model = make()
+    keep = prune_units(model, 0.5, example_inputs=IDS, head_sparsity=heads)
+    assert len(keep) == 2 * (2 if heads else 1)  # the FFN (and the heads) of each block
+    small = shrink(model, example_inputs=IDS)
+    assert count_parameters(small) < count_parameters(model)
+    assert getattr(small.config, key) == 32 and getattr(model.config, key) == 64
+    assert torch.allclose(outputs(small, IDS), outputs(model, IDS), atol=1e-4)
+    embed, head = small.get_input_embeddings(), small.get_output_embeddings()
+    assert (head.weight is embed.weight) == bool(model.config.tie_word_embeddings)
+    small.save_pretrained(tmp_path)
+    loaded = type(small).from_pretrained(tmp_path)
+    assert torch.equal(outputs(loaded, IDS), outputs(small, IDS))
