@@ -293,7 +293,6 @@ def test_grouped_bars_draws_one_bar_per_label_and_group():
 # ---------------------------------------------------------------- --inference and its helpers
 from torch import nn  # noqa: E402
 
-from maskutils import apply_mask  # noqa: E402
 from maskutils.bench import (FORMATS, INFERENCE_VARIANTS,  # noqa: E402
                              crossover_sparsity, format_inference_table, inference_times,
                              run_inference_benchmark)
