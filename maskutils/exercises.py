@@ -434,3 +434,94 @@ def _ranks_drift_apart(answer) -> str:
                     "order")
     return (f"no error, and the ranks drift apart at every step ({answer[0]:.1e} to "
             f"{answer[-1]:.1e}): DDP never averages the gradients of the re-masked weights.")
+
+
+# --- chapter 10 -------------------------------------------------------------------------------
+
+def _resnet_parameters(residual: int, inner: int, blocks: int = 2, n_out: int = 10) -> int:
+    """Parameters of a DigitsResNet with ``residual`` stream channels and ``inner`` channels
+    inside each block (3x3 convolutions without bias, two BatchNorm parameters a channel)."""
+    stem = 9 * residual + 2 * residual
+    block = 9 * residual * inner + 2 * inner + 9 * inner * residual + 2 * residual
+    return stem + blocks * block + residual * n_out + n_out
+
+
+@exercise("10.1", "the parameters of a residual CNN after shrink")
+def _resnet_shrunk(answer, channels: int = 32, residual: int = 16, inner: int = 8) -> str:
+    """``residual`` and ``inner``: the channels kept in the stream and inside each block."""
+    value = _number(answer, "the number of parameters of the shrunk model")
+    if not (0 < residual <= channels and 0 < inner <= channels):
+        raise Wrong(f"residual={residual} and inner={inner} must be channels kept, from 1 to "
+                    f"channels={channels}")
+    right = _resnet_parameters(residual, inner)
+    dense = _resnet_parameters(channels, channels)
+    if value == right:
+        return (f"{right:,} parameters, {right / dense:.0%} of the dense model's {dense:,}: "
+                "the residual channels count in the stem, both sides of every block and the "
+                "classifier, the inner ones only inside their block.")
+    if value == dense - right:
+        raise Wrong(f"{value:,.0f} is what shrink removes; the question asks for what is left.")
+    if value == right - 2 * residual * 3 - 2 * inner * 2:
+        raise Wrong(f"{value:,.0f} leaves out the BatchNorm weight and bias of every kept "
+                    "channel (three BatchNorms on the stream, one inside each block).")
+    if value == _resnet_parameters(residual, residual):
+        raise Wrong(f"{value:,.0f} keeps {residual} inner channels; each block keeps {inner}.")
+    if value == _resnet_parameters(inner, inner) or value == _resnet_parameters(inner, residual):
+        raise Wrong(f"{value:,.0f} swaps the two: the stream keeps {residual} channels, each "
+                    f"block's inside {inner}.")
+    raise Wrong(f"{value:,.0f} is off: list the tensors one channel of the stream lives in "
+                "(stem kernel and BatchNorm, each block's conv1 input and conv2 output, its "
+                "second BatchNorm, the classifier's column), then those of an inner channel.")
+
+
+@exercise("10.2", "the groups of units of a GPT-2")
+def _gpt2_units(answer, model, example_inputs) -> str:
+    from .structured import unit_groups
+
+    if isinstance(answer, str) or not isinstance(answer, (list, tuple, set)) or not all(
+            isinstance(name, str) for name in answer):
+        raise Wrong("give the names of the groups as a list of str, e.g. "
+                    "[name for name, g in groups.items() if g.reason is None]")
+    groups = unit_groups(_module(model, "model"), example_inputs)
+    right = {name for name, group in groups.items() if group.reason is None}
+    given = set(answer)
+    for name in sorted(given - right):
+        if name not in groups:
+            raise Wrong(f"{name!r} is not a group of this model; unit_groups names "
+                        f"{sorted(groups)}")
+        raise Wrong(f"{name} is never cut: {groups[name].reason}")
+    if right - given:
+        raise Wrong(f"{sorted(right - given)} are groups of units too: every block has one")
+    return (f"{len(right)} groups of units, the feed-forward neurons of each block; the "
+            "residual stream starts at an embedding, c_attn's features are split into "
+            "heads, and the head's outputs are the vocabulary.")
+
+
+@exercise("10.3", "a LLaMA shrunk by heads and neurons, saved and reloaded")
+def _llama_reloaded(answer, original) -> str:
+    model = _module(answer, "the reloaded model")
+    config, before = getattr(model, "config", None), getattr(original, "config", None)
+    if config is None or before is None:
+        raise Wrong("pass the model from_pretrained returned, and original= the dense LLaMA "
+                    "(both have a .config)")
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise Wrong("the model still has masks: save the plain model that shrink returns")
+    want = {"num_key_value_heads": before.num_key_value_heads // 4,
+            "intermediate_size": before.intermediate_size // 2}
+    want["num_attention_heads"] = want["num_key_value_heads"] * (
+        before.num_attention_heads // before.num_key_value_heads)
+    for key, value in want.items():
+        if getattr(config, key, None) != value:
+            raise Wrong(f"config.{key} is {getattr(config, key, None)}; a quarter of the "
+                        f"key/value heads and half of the neurons make it {value}")
+    head_dim = before.hidden_size // before.num_attention_heads
+    for i, layer in enumerate(model.model.layers):
+        widths = (layer.mlp.up_proj.out_features, layer.self_attn.k_proj.out_features)
+        if widths != (want["intermediate_size"], want["num_key_value_heads"] * head_dim):
+            raise Wrong(f"layer {i} has {widths[0]} neurons and {widths[1]} key features; "
+                        "were the weights loaded from the shrunk model?")
+    kept = sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in original.parameters())
+    return (f"{config.num_key_value_heads} key/value head(s), {config.num_attention_heads} "
+            f"query heads, {config.intermediate_size} neurons per block: {kept:,} of "
+            f"{total:,} parameters, rebuilt from the config alone.")
