@@ -49,7 +49,8 @@ tensor, as CSR (int32 indices), or as a bitmask of the kept entries plus their v
 
 # ---------------------------------------------------------------- the effective tensors
 class _EvalNoGrad:
-    """Eval mode (learnable gates become deterministic) and no autograd; modes restored."""
+    """Eval mode (learnable gates become deterministic) and no autograd; modes restored.
+    Also used by maskutils.structured to read a model as it computes."""
 
     def __init__(self, model: nn.Module):
         self.model = model

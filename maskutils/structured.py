@@ -58,7 +58,7 @@ from torch import nn
 from .apply import (_check_module, _check_name, _computed_by_hooks, _refuse_if_ddp_wrapped,
                     apply_mask, check_mask)
 from .models import DigitsMLP
-from .storage import plain_copy
+from .storage import _EvalNoGrad, plain_copy
 
 __all__ = ["ELEMENTWISE", "UnitGroup", "count_macs", "count_parameters", "dead_units",
            "prune_units", "shrink", "unit_groups"]
@@ -144,26 +144,6 @@ def _plan(model: nn.Module, fn: str = "shrink"):
     return seq, where
 
 
-class _EvalMode:
-    """Put ``model`` in eval mode (learnable gates become deterministic); restore after."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        self.grad = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_grad_enabled(self.grad)
-        for m, mode in self.modes:
-            m.training = mode
-        return False
-
-
 def _effective(layer: nn.Linear):
     weight = layer.weight.detach().clone()
     bias = None if layer.bias is None else layer.bias.detach().clone()
@@ -175,7 +155,7 @@ def _analyse(model: nn.Module):
     seq, where = _plan(model)
     mods = list(seq)
     prefix = "layers." if seq is not model else ""
-    with _EvalMode(model):
+    with _EvalNoGrad(model):
         eff = {i: _effective(mods[i]) for i in where}
         hidden = []
         for a, b in zip(where, where[1:]):
@@ -194,15 +174,16 @@ def _analyse(model: nn.Module):
             if fold.any() and mods[b].bias is None:
                 j = int(fold.nonzero()[0])
                 raise ValueError(
-                    f"unit {j} of {prefix}{a} is removed in that layer only: its weight row is "
-                    f"zero, but it still sends the constant {float(constant[j]):.4g} (its bias "
-                    f"after the activation) to {prefix}{b}, which has no bias to absorb it. "
-                    f"Zero that unit's bias too (prune_units does), or its column in "
-                    f"{prefix}{b}, so that the unit is dead on both sides")
+                    f"unit {j} of layer '{prefix}{a}' is removed in that layer only: its "
+                    f"weight row is zero, but it still sends the constant "
+                    f"{float(constant[j]):.4g} (its bias after the activation) to layer "
+                    f"'{prefix}{b}', which has no bias to absorb it. Zero that unit's bias too "
+                    f"(prune_units does), or its column in layer '{prefix}{b}', so that the "
+                    f"unit is dead on both sides")
             remove = row_dead | col_dead
             if remove.all():
                 raise ValueError(
-                    f"every unit of {prefix}{a} is dead, so the model's output no longer "
+                    f"every unit of layer '{prefix}{a}' is dead, so the model's output no longer "
                     "depends on its input; keep at least one unit")
             hidden.append((a, b, remove, fold, constant))
     return seq, where, eff, hidden, prefix
@@ -316,7 +297,7 @@ def _prune_units_mlp(model: nn.Module, sparsity: float,
             got = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
             raise ValueError(f"scores must be a dict with one entry per hidden layer, "
                              f"{names}; got {got}")
-    with _EvalMode(model):
+    with _EvalNoGrad(model):
         for a in where[:-1]:
             weight, _ = _effective(mods[a])
             norms = weight.norm(dim=1)
@@ -419,7 +400,7 @@ def _check_inputs(example_inputs) -> None:
 
 def _run(model: nn.Module, example_inputs, fn: str) -> torch.Tensor:
     """Eval-mode output of ``model`` (modes restored), with a clear error in ``fn``'s name."""
-    with _EvalMode(model):
+    with _EvalNoGrad(model):
         try:
             return _output(_call(model, example_inputs)).detach().clone()
         except (RuntimeError, TypeError, ValueError, IndexError) as err:

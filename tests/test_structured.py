@@ -231,7 +231,7 @@ def test_a_unit_removed_in_one_layer_only_is_explained(left_alone):
         model[0].bias.fill_(0.5)
     with left_alone(model), pytest.raises(ValueError, match="removed in that layer only"):
         shrink(model)
-    with left_alone(model), pytest.raises(ValueError, match="unit 1 of 0"):
+    with left_alone(model), pytest.raises(ValueError, match="unit 1 of layer '0'"):
         dead_units(model)
 
 
