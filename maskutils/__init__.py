@@ -6,7 +6,7 @@ imported lazily, so ``import maskutils`` stays fast and works without a display.
 """
 from .apply import (MaskedLayers, apply_mask, get_mask, load_dense_state_dict, mask_layers,
                     masked_parameters, remove_mask, remove_masks)
-from .data import char_corpus, char_loaders, digits_loaders
+from .data import char_corpus, char_loaders, digits_loaders, reshuffle
 from .device import banner, get_device, seed_everything
 from .distributed import broadcast_masks, launch, masks_agree
 from .hooks import GradientRecorder, MaskHandle, mask_gradients, project_after_step
@@ -22,14 +22,14 @@ from .pruning import gradual_magnitude_prune
 from .structured import count_parameters, dead_units, prune_units, shrink
 from .report import glue, mean_range
 from .swa import check_fixed_masks, fit_swa
-from .train import evaluate, evaluate_loss, fit
+from .train import decayed_adam, evaluate, evaluate_loss, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "apply_mask", "get_mask", "mask_layers", "masked_parameters", "remove_mask",
     "MaskedLayers", "load_dense_state_dict", "remove_masks",
-    "char_corpus", "char_loaders", "digits_loaders",
+    "char_corpus", "char_loaders", "digits_loaders", "reshuffle",
     "banner", "get_device", "seed_everything",
     "broadcast_masks", "launch", "masks_agree",
     "GradientRecorder", "MaskHandle", "mask_gradients", "project_after_step",
@@ -43,5 +43,5 @@ __all__ = [
     "count_parameters", "dead_units", "prune_units", "shrink",
     "glue", "mean_range",
     "check_fixed_masks", "fit_swa",
-    "evaluate", "evaluate_loss", "fit",
+    "decayed_adam", "evaluate", "evaluate_loss", "fit",
 ]

@@ -85,6 +85,30 @@ def _check_batch_and_seed(batch_size, seed) -> None:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
 
+def reshuffle(loader, seed: int):
+    """Reseed the shuffling of a training loader from ``digits_loaders`` and return it.
+
+    The loader draws its batch order from a generator of its own, so a run's order depends on
+    every run that used the loader before it. Reseeding it at the start of each run makes the
+    order depend on the run's seed alone (the same runs in any order, or in other processes).
+
+    >>> train, _ = digits_loaders()
+    >>> first = next(iter(reshuffle(train, 1)))[1]
+    >>> again = next(iter(reshuffle(train, 1)))[1]
+    >>> bool((first == again).all())
+    True
+    """
+    _check_batch_and_seed(1, seed)
+    generator = getattr(getattr(getattr(loader, "sampler", None), "sampler", None),
+                        "generator", None)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"reshuffle needs a shuffling loader from digits_loaders (its training "
+                        f"loader), got {type(loader).__name__}; for another DataLoader, pass "
+                        f"generator=torch.Generator() to its sampler and seed that")
+    generator.manual_seed(seed)
+    return loader
+
+
 def digits_loaders(batch_size: int = 64, seed: int = 0, device=None, validation: bool = False):
     """``(train_loader, test_loader)`` over the digits; the training loader reshuffles each epoch.
 

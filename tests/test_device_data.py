@@ -309,3 +309,21 @@ def test_char_loaders_reject_bad_input(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         char_loaders(**kwargs)
+
+
+def test_reshuffle_makes_the_batch_order_depend_on_the_seed_alone():
+    from maskutils import reshuffle
+
+    train, _ = digits_loaders(batch_size=32)
+    order = lambda: torch.cat([y for _, y in train])  # noqa: E731
+    first = order()
+    second = order()                        # the next epoch: another order
+    assert not torch.equal(first, second)
+    assert reshuffle(train, 0) is train
+    assert torch.equal(order(), first)      # seed 0 again: the first epoch's order
+    reshuffle(train, 1)
+    assert not torch.equal(order(), first)
+    with pytest.raises(TypeError, match="digits_loaders"):
+        reshuffle([1, 2, 3], 0)
+    with pytest.raises(ValueError, match="seed"):
+        reshuffle(train, -1)

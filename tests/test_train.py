@@ -204,3 +204,22 @@ def test_progress_bar_leaves_no_widget_in_the_saved_notebook():
     assert shown, "the bar was displayed (training took over a second)"
     assert not widgets, "the closed bar's widget is still in the saved output"
     assert "before" in text and "after 3" in text, "the cell's own output stays"
+
+
+def test_decayed_adam_decays_to_zero_along_a_cosine_and_refuses_bad_steps():
+    from maskutils import decayed_adam
+
+    model = nn.Linear(3, 2)
+    optimizer = decayed_adam(model.parameters(), lr=0.1, steps=10)
+    rates = []
+    for _ in range(10):
+        optimizer.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[4] == pytest.approx(0.05)          # half-way: half the rate
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    for steps in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="steps"):
+            decayed_adam(model.parameters(), lr=0.1, steps=steps)
+    with pytest.raises(ValueError, match="lr"):
+        decayed_adam(model.parameters(), lr=0, steps=3)
