@@ -35,6 +35,7 @@ a LLaMA built from a config and the character transformer, with parameters and M
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import inspect
@@ -77,6 +78,22 @@ def _positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
     return int(value)
+
+
+def _threads(value) -> int | None:
+    return None if value is None else _positive_int(value, "threads")
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None):
+    """``torch.set_num_threads(threads)`` inside the block (``None``: left as it is)."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _batch_sizes(values) -> tuple[int, ...]:
@@ -258,18 +275,14 @@ def run_benchmark(batch_sizes=(32, 256), width: int = 1024, layers: int = 3,
     layers = _positive_int(layers, "layers")
     rounds = _positive_int(rounds, "rounds")
     steps_per_round = _positive_int(steps_per_round, "steps_per_round")
-    if threads is not None:
-        threads = _positive_int(threads, "threads")
+    threads = _threads(threads)
     device = _device(device)
     sparsity = check_sparsity(sparsity)
     if sparsity == 1.0:
         raise ValueError("sparsity must be below 1 (a mask keeping nothing trains nothing)")
     chosen = _variants(variants)
 
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -295,8 +308,6 @@ def run_benchmark(batch_sizes=(32, 256), width: int = 1024, layers: int = 3,
             for handle in handles:
                 handle.remove()
         info = banner(device)  # after set_num_threads, so it names the threads used
-    finally:
-        torch.set_num_threads(old_threads)
     config = {"batch_sizes": list(sizes), "width": width, "layers": layers, "rounds": rounds,
               "steps_per_round": steps_per_round, "threads": threads, "device": str(device),
               "sparsity": sparsity, "variants": list(chosen), "seed": seed,
@@ -542,14 +553,10 @@ def run_inference_benchmark(batch_sizes=(1, 256), hidden=(1024, 1024),
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"{what} must be an int >= 0, got {value!r}")
     rounds = _positive_int(rounds, "rounds")
-    if threads is not None:
-        threads = _positive_int(threads, "threads")
+    threads = _threads(threads)
     device = _device(device)
 
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         train, val, test = digits_loaders(batch_size=64, seed=seed, device=device,
                                           validation=True)
         with torch.random.fork_rng(devices=[]):
@@ -596,8 +603,6 @@ def run_inference_benchmark(batch_sizes=(1, 256), hidden=(1024, 1024),
                          "zip_bytes": storage_bytes(masked, fmt, compress=True)}
                    for fmt in FORMATS}
         info = banner(device)
-    finally:
-        torch.set_num_threads(old_threads)
     config = {"batch_sizes": list(sizes), "hidden": list(hidden), "sparsity": sparsity,
               "units_kept": float(units_kept),
               "shrunk_hidden": [m.out_features for m in shrunk.linears()[:-1]],
@@ -747,14 +752,10 @@ def run_structured_benchmark(batch_sizes=(1, 64), models=STRUCTURED_MODELS,
     if sparsity == 1.0:
         raise ValueError("sparsity must be below 1 (a group without units computes nothing)")
     rounds = _positive_int(rounds, "rounds")
-    if threads is not None:
-        threads = _positive_int(threads, "threads")
+    threads = _threads(threads)
     device = _device(device)
 
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         rows = []
         for name, (describe, dense, make) in _structured_cases(
                 [m for m in STRUCTURED_MODELS if m in models], channels, llama_width,
@@ -781,8 +782,6 @@ def run_structured_benchmark(batch_sizes=(1, 64), models=STRUCTURED_MODELS,
                              "params": counts[v][0], "macs": counts[v][1], "ms": ms[v],
                              "ratio": ratio})
         info = banner(device)
-    finally:
-        torch.set_num_threads(old_threads)
     config = {"batch_sizes": list(sizes), "models": [m for m in STRUCTURED_MODELS
                                                      if m in models],
               "channels": channels, "llama_width": llama_width, "seq_len": seq_len,
