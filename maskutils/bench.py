@@ -126,14 +126,17 @@ def _device(value) -> torch.device:
     return device
 
 
-def _variants(values) -> tuple[str, ...]:
-    if isinstance(values, str):
-        values = (values,)
-    values = tuple(values)
-    unknown = [v for v in values if v not in VARIANTS]
-    if unknown or not values:
-        raise ValueError(f"variants must be a non-empty selection of {list(VARIANTS)}, "
+def _selection(values, allowed, what: str) -> tuple[str, ...]:
+    """One name or several, all from ``allowed``, at least one."""
+    values = (values,) if isinstance(values, str) else tuple(values)
+    if not values or any(v not in allowed for v in values):
+        raise ValueError(f"{what} must be a non-empty selection of {list(allowed)}, "
                          f"got {list(values)}")
+    return values
+
+
+def _variants(values) -> tuple[str, ...]:
+    values = _selection(values, VARIANTS, "variants")
     if "dense" not in values:
         values = ("dense", *values)  # the ratios need the baseline
     return tuple(v for v in VARIANTS if v in values)
@@ -736,13 +739,7 @@ def run_structured_benchmark(batch_sizes=(1, 64), models=STRUCTURED_MODELS,
     from .structured import count_macs, count_parameters, prune_units, shrink
 
     sizes = _batch_sizes(batch_sizes)
-    if isinstance(models, str):
-        models = (models,)
-    models = tuple(models)
-    unknown = [m for m in models if m not in STRUCTURED_MODELS]
-    if unknown or not models:
-        raise ValueError(f"models must be a non-empty selection of {list(STRUCTURED_MODELS)}, "
-                         f"got {list(models)}")
+    models = _selection(models, STRUCTURED_MODELS, "models")
     channels = _positive_int(channels, "channels")
     llama_width = _positive_int(llama_width, "llama_width")
     if llama_width % 8:

@@ -107,6 +107,7 @@ def test_variants_start_from_identical_copies():
     ({"sparsity": 1.0}, "sparsity"),
     ({"device": "nonsense"}, "device"),
     ({"variants": ["dense", "fast"]}, "variants"),
+    ({"variants": []}, "variants must be a non-empty selection"),
 ])
 def test_bad_arguments_are_named(kwargs, words):
     args = {"batch_sizes": (2,), **TINY, **kwargs}
@@ -469,6 +470,7 @@ def test_main_structured_prints_the_table_and_nothing_else(capsys):
     ({"models": ("vgg",)}, "models"), ({"models": ()}, "models"),
     ({"sparsity": 1.0}, "sparsity"), ({"channels": 0}, "channels"),
     ({"llama_width": 20}, "llama_width"), ({"seq_len": 0}, "seq_len"),
+    ({"threads": 0}, "threads"), ({"models": "vgg"}, "selection of"),
 ])
 def test_structured_bad_arguments_are_named(kwargs, words):
     with pytest.raises((ValueError, TypeError), match=words):
