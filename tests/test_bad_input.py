@@ -17,6 +17,7 @@ from maskutils import (apply_mask, digits_mlp, fit, get_mask, gradual_magnitude_
                        learnable_mask_layers, magnitude_mask, mask_layers, masked_parameters,
                        random_mask, remove_mask, remove_masks, sparsity)
 from maskutils.learnable import apply_learnable_mask
+from tiny_hf import tiny_model
 
 
 def _mlp(seed=0):
@@ -217,13 +218,8 @@ def test_gradual_magnitude_prune_still_prunes_after_the_validation():
 # --- ties: baking never writes one place's zeros into another place ------------------------
 
 def _tied_llama(seed=0):
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=1, num_attention_heads=4,
-                                      num_key_value_heads=2, tie_word_embeddings=True)
-    model = transformers.LlamaForCausalLM(config).eval()
+    pytest.importorskip("transformers")
+    model = tiny_model("llama", seed, num_hidden_layers=1, tie_word_embeddings=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     return model
 

@@ -9,6 +9,7 @@ import torch
 
 from maskutils import DigitsResNet, count_parameters, prune_units, shrink
 from maskutils.exercises import check, exercises
+from tiny_hf import tiny_model
 
 
 def test_chapter_10_has_its_checkers():
@@ -40,10 +41,8 @@ def test_10_1_mistakes_get_their_hint(answer, says, capsys):
 
 @pytest.fixture(scope="module")
 def gpt2():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=16)).eval()
+    pytest.importorskip("transformers")
+    model = tiny_model("gpt2", n_head=4)
     return model, torch.randint(0, 64, (2, 8))
 
 
@@ -62,11 +61,7 @@ def test_10_2_the_feed_forward_groups_pass_and_others_say_why(gpt2, capsys):
 
 def test_10_3_a_reloaded_quarter_passes_and_a_half_is_told(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=8,
-                                      num_key_value_heads=4, max_position_embeddings=16)
-    llama = transformers.LlamaForCausalLM(config).eval()
+    llama = tiny_model("llama", num_attention_heads=8, num_key_value_heads=4)
     ids = torch.randint(0, 64, (2, 8))
     for fraction, folder in ((0.75, tmp_path / "quarter"), (0.5, tmp_path / "half")):
         model = copy.deepcopy(llama)

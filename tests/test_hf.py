@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
@@ -14,22 +13,15 @@ from transformers.pytorch_utils import Conv1D  # noqa: E402
 from maskutils import (apply_mask, get_mask, load_dense_state_dict, mask_layers,  # noqa: E402
                        masked_parameters, nm_mask, remove_masks, sparsity)
 
-transformers.logging.set_verbosity_error()
+from tiny_hf import tiny_model  # noqa: E402
 
 
 def _gpt2(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2,
-                                     n_head=2, bos_token_id=0, eos_token_id=0)
-    return transformers.GPT2LMHeadModel(config).eval()
+    return tiny_model("gpt2", seed, bos_token_id=0, eos_token_id=0)
 
 
 def _bert(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64,
-                                     max_position_embeddings=16)
-    return transformers.BertForMaskedLM(config).eval()
+    return tiny_model("bert", seed)
 
 
 IDS = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))

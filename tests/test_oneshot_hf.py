@@ -11,33 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 from maskutils import get_mask, remove_masks  # noqa: E402
 from maskutils.oneshot import (input_norms, one_shot_prune, prunable_weights,  # noqa: E402
                                sparsegpt_prune, wanda_mask)
 
-transformers.logging.set_verbosity_error()
+from tiny_hf import tiny_model  # noqa: E402
 
-SMALL = dict(vocab_size=64, max_position_embeddings=32)
-CONFIGS = {
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2,
-                                            n_head=2),
-    "llama": lambda: transformers.LlamaConfig(hidden_size=32, intermediate_size=64,
-                                              num_hidden_layers=2, num_attention_heads=4,
-                                              num_key_value_heads=2, **SMALL),
-    "qwen2": lambda: transformers.Qwen2Config(hidden_size=32, intermediate_size=64,
-                                              num_hidden_layers=2, num_attention_heads=4,
-                                              num_key_value_heads=2, tie_word_embeddings=True,
-                                              **SMALL),
-    "opt": lambda: transformers.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                                          num_attention_heads=4, word_embed_proj_dim=32,
-                                          **SMALL),
-    "neox": lambda: transformers.GPTNeoXConfig(hidden_size=32, intermediate_size=64,
-                                               num_hidden_layers=2, num_attention_heads=4,
-                                               **SMALL),
-}
+NAMES = ["gpt2", "llama", "qwen2", "opt", "neox"]
 BLOCKS = {"gpt2": "transformer.h", "llama": "model.layers", "qwen2": "model.layers",
           "opt": "model.decoder.layers", "neox": "gpt_neox.layers"}
 TIED = {"gpt2": "transformer.wte", "qwen2": "model.embed_tokens", "opt": "model.decoder.embed_tokens"}
@@ -46,8 +29,7 @@ IDS = [torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(s))
 
 @functools.lru_cache(maxsize=None)
 def _built(name):
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(CONFIGS[name]()).eval()
+    return tiny_model(name)
 
 
 def build(name):
@@ -88,7 +70,7 @@ def test_the_tiny_configs_are_what_the_tests_claim():
                for k in block_layers(_built("gpt2"), "gpt2"))
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", [dict(sparsity=0.5), dict(n=2, m=4)], ids=["50%", "2:4"])
 def test_every_block_layer_pruned_and_embeddings_and_head_left_dense(name, method, pattern):
@@ -301,10 +283,8 @@ def test_a_layer_name_that_matches_nothing_is_refused_with_a_suggestion(left_alo
 
 
 def test_2_4_on_a_width_not_divisible_by_4_is_refused_naming_the_layer(left_alone):
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=30, intermediate_size=60, num_hidden_layers=1, num_attention_heads=3,
-        num_key_value_heads=1, **SMALL)).eval()
+    model = tiny_model("llama", hidden_size=30, intermediate_size=60, num_hidden_layers=1,
+                       num_attention_heads=3, num_key_value_heads=1)
     with left_alone(model), pytest.raises(ValueError,
                                           match=r"model\.layers\.0\.self_attn\.q_proj\.weight "
                                                 r"has 30 input channels, not divisible by m=4"):

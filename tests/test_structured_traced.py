@@ -22,7 +22,7 @@ from maskutils.storage import plain_state
 from maskutils.structured import count_macs, unit_groups
 
 transformers = pytest.importorskip("transformers")
-transformers.logging.set_verbosity_error()
+from tiny_hf import tiny_model  # noqa: E402
 
 DIGITS = torch.randn(6, 64, generator=torch.Generator().manual_seed(1))
 IDS = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(2))
@@ -60,18 +60,11 @@ def char_lm(seed=0):
 
 
 def llama(seed=0, **extra):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16, **extra)
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_model("llama", seed, **extra)
 
 
 def gpt2(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2,
-                                     n_head=4)
-    return transformers.GPT2LMHeadModel(config).eval()
+    return tiny_model("gpt2", seed, n_head=4)
 
 
 # ---------------------------------------------------------------- the residual CNN
@@ -325,37 +318,12 @@ def test_a_later_layer_under_torch_prune_leaves_every_layer_alone(traced, left_a
     assert not parametrize.is_parametrized(model.layers[0])
 
 
-def qwen2_tied(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.Qwen2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-        max_position_embeddings=16)
-    return transformers.Qwen2ForCausalLM(config).eval()
-
-
-def opt(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=64,
-                                    num_hidden_layers=2, num_attention_heads=4,
-                                    word_embed_proj_dim=32, max_position_embeddings=16)
-    return transformers.OPTForCausalLM(config).eval()
-
-
-def gpt_neox(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4,
-                                        max_position_embeddings=16)
-    return transformers.GPTNeoXForCausalLM(config).eval()
-
-
-@pytest.mark.parametrize("make, heads, key", [
-    (qwen2_tied, 0.5, "intermediate_size"), (opt, 0.0, "ffn_dim"),
-    (gpt_neox, 0.0, "intermediate_size"),
+@pytest.mark.parametrize("name, heads, key", [
+    ("qwen2", 0.5, "intermediate_size"), ("opt", 0.0, "ffn_dim"),
+    ("neox", 0.0, "intermediate_size"),
 ], ids=["qwen2-tied", "opt", "gpt-neox"])
-def test_other_causal_lms_shrink_reload_and_keep_their_ties(make, heads, key, tmp_path):
-    model = make()
+def test_other_causal_lms_shrink_reload_and_keep_their_ties(name, heads, key, tmp_path):
+    model = tiny_model(name)
     keep = prune_units(model, 0.5, example_inputs=IDS, head_sparsity=heads)
     assert len(keep) == 2 * (2 if heads else 1)  # the FFN (and the heads) of each block
     small = shrink(model, example_inputs=IDS)
