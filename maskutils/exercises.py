@@ -436,6 +436,22 @@ def _ranks_drift_apart(answer) -> str:
             f"{answer[-1]:.1e}): DDP never averages the gradients of the re-masked weights.")
 
 
+
+@exercise("9.2", "3 processes against 1: shares of 43, 43 and 42 images")
+def _uneven_shares(answer, two_processes) -> str:
+    """``answer``: the largest weight difference, 3 processes against 1; ``two_processes``:
+    the same for 2 processes (equal shares of 64 images)."""
+    three = _number(answer, "the largest weight difference, 3 processes against 1")
+    two = _number(two_processes, "two_processes, the same difference for 2 processes")
+    if three < 0 or two < 0:
+        raise Wrong("a largest absolute difference is never negative; check how you measured it")
+    if three <= 100 * max(two, 1e-12):
+        raise Wrong(f"3 processes are {three:.1e} from 1 and 2 processes {two:.1e}: no clear "
+                    "gap. Did the run use world_size=3 and the same batches of 128?")
+    return (f"{three:.1e} against {two:.1e}, {three / max(two, 1e-12):.0e} times larger: each "
+            "rank's mean loss counts one third, but 42 images are not a third of 128, so "
+            "every step differs from the full-batch step.")
+
 # --- chapter 10 -------------------------------------------------------------------------------
 
 def _resnet_parameters(residual: int, inner: int, blocks: int = 2, n_out: int = 10) -> int:

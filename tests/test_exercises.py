@@ -307,3 +307,19 @@ def test_drifting_ranks_checker_says_what_is_wrong(answer, says, capsys):
 def test_drifting_ranks_checker_accepts_a_growing_spread(capsys):
     assert check("9.1", [2.0e-3, 4.0e-3, 5.9e-3, 7.6e-3])
     assert capsys.readouterr().out.startswith("✅ 9.1")
+
+
+@pytest.mark.parametrize("answer, two, says", [
+    (3.6e-3, "2e-8", "two_processes"),
+    (-1.0, 2.2e-8, "never negative"),
+    (2.2e-8, 2.2e-8, "no clear gap"),
+    (float("nan"), 2.2e-8, "answer with a number"),
+])
+def test_uneven_shares_checker_says_what_is_wrong(answer, two, says, capsys):
+    assert not check("9.2", answer, two_processes=two)
+    assert says in capsys.readouterr().out
+
+
+def test_uneven_shares_checker_accepts_a_gap_of_orders_of_magnitude(capsys):
+    assert check("9.2", torch.tensor(3.6e-3), two_processes=2.2e-8)
+    assert capsys.readouterr().out.startswith("✅ 9.2: right: 3.6e-03 against 2.2e-08")
